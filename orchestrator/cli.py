@@ -1,0 +1,158 @@
+"""The ``orchestrator`` command: parse options, call the steps, print tables, map failures to exit codes.
+
+``up`` reads like its steps: load config -> probe hardware -> plan -> start Ray -> deploy -> wait healthy -> serve
+until stopped. Every failure is one line with the fix; exit code 2 means the config or plan is wrong (nothing was
+started), 1 means starting failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import LoadedConfig, load_config
+from orchestrator.errors import ConfigError, OrchestratorError, PlanError
+from orchestrator.hardware.probe import probe_topology
+from orchestrator.planner import Plan, plan
+
+app = typer.Typer(
+    help="Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (logs, CI) gets wide tables instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140"))
+console = Console(highlight=False, width=_WIDTH)
+error_console = Console(stderr=True, highlight=False, width=_WIDTH)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="The YAML config (see configs/mig_config.yaml).", show_default=True),
+]
+DEFAULT_CONFIG = Path("configs/mig_config.yaml")
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    for line in message.splitlines():
+        error_console.print(f"[red]error:[/red] {line}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedConfig, Plan, str | None]:
+    try:
+        loaded = load_config(config_path)
+        if port is not None:
+            server = loaded.config.server.model_copy(update={"port": port})
+            loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+        topology = probe_topology()
+        placement = plan(loaded.config, topology)
+    except (ConfigError, PlanError) as error:
+        raise _fail(error.message, 2) from None
+    return loaded, placement, topology.gpu_note
+
+
+def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
+    table = Table(title=f"Placement of {loaded.model_name} ({placement.device_kind})", title_justify="left")
+    for column in ("instance", "type", "device", "cores", "threads", "batch", "concurrency", "capacity"):
+        table.add_column(column)
+    for instance in placement.instances:
+        table.add_row(
+            instance.name,
+            instance.profile,
+            f"{instance.device} pool {instance.rank}",
+            ",".join(str(core) for core in instance.cpu_cores),
+            str(instance.threads),
+            str(instance.batch_size),
+            str(instance.max_concurrency),
+            str(instance.capacity),
+        )
+    return table
+
+
+def _print_plan(loaded: LoadedConfig, placement: Plan, gpu_note: str | None) -> None:
+    if gpu_note:
+        console.print(gpu_note)
+    console.print(f"Model: {loaded.model_name} from {loaded.model_folder}")
+    console.print(_plan_table(loaded, placement))
+    for note in placement.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+@app.command("plan")
+def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate the config against this machine's hardware and print the placement; starts nothing."""
+    loaded, placement, gpu_note = _load_and_plan(config)
+    _print_plan(loaded, placement, gpu_note)
+
+
+def _wait_for_stop() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+@app.command("up")
+def up_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    port: Annotated[int | None, typer.Option(help="Override server.port from the config.")] = None,  # noqa: UP007
+    timeout_s: Annotated[float, typer.Option(help="Seconds to wait for every replica to load.")] = 300.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's and the replicas' logs.")] = False,
+) -> None:
+    """Start the service: plan, start Ray, deploy one replica per slice or CPU pool, serve until Ctrl-C."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    loaded, placement, gpu_note = _load_and_plan(config, port)
+    _print_plan(loaded, placement, gpu_note)
+    from orchestrator import deploy
+
+    started = time.monotonic()
+    try:
+        with console.status("Starting Ray...") as status:
+            deploy.start_ray(loaded)
+            expected = len(placement.instances)
+
+            def progress(ready: int, total: int) -> None:
+                status.update(f"Loading {loaded.model_name}: {ready}/{total} instances ready...")
+
+            status.update(f"Loading {loaded.model_name} on {expected} instance(s)...")
+            deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
+    except OrchestratorError as error:
+        deploy.shutdown()
+        raise _fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None
+    except KeyboardInterrupt:
+        deploy.shutdown()
+        raise typer.Exit(130) from None
+    server = loaded.config.server
+    url = f"http://{server.host}:{server.port}"
+    console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
+    console.print(f"Serving {loaded.model_name} at {url}  (POST /v1/embeddings, POST /embed, GET /health, GET /info)")
+    console.print("Press Ctrl-C to stop.")
+    try:
+        _wait_for_stop()
+    finally:
+        with console.status("Stopping: finishing in-flight requests..."):
+            deploy.shutdown()
+        console.print("Stopped.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

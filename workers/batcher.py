@@ -1,0 +1,240 @@
+"""An asyncio micro-batcher: merges waiting requests into length-sorted batches under a token budget.
+
+Each round takes everything waiting (from every request, not request by request), drops texts whose client has
+gone, sorts them by token length and cuts batches of at most ``max_batch_size`` texts whose padded size
+(longest x count) stays under ``max_batch_tokens``. Batches run on a thread pool of ``max_concurrency`` workers so the
+event loop keeps accepting requests; texts arriving during a round wait for the next one. The queue is bounded in
+texts: a request that would overflow it is refused at once with ``Overloaded`` (HTTP 429).
+
+The batcher also measures its load, the busy fraction of the last ``load_window_s`` seconds, which the replica
+reports to the router. It imports no model code: ``run_batch`` is any function from token id lists to vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from orchestrator.errors import BackendFailure, Overloaded
+
+logger = logging.getLogger(__name__)
+
+RunBatch = Callable[[list[Sequence[int]]], np.ndarray]
+
+
+@dataclass
+class _Request:
+    """One submitted request: its texts' slots and the future its caller awaits."""
+
+    size: int
+    future: asyncio.Future[np.ndarray]
+    vectors: list[np.ndarray | None] = field(default_factory=list)
+    remaining: int = 0
+
+
+@dataclass
+class _Text:
+    request: _Request
+    index: int
+    tokens: Sequence[int]
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """A snapshot for routing and metrics."""
+
+    queued_texts: int
+    running_batches: int
+    load: float
+    batches_done: int
+    texts_done: int
+
+
+class Batcher:
+    """Length-sorted, token-budgeted batching in front of a model function.
+
+    Args:
+        run_batch: computes vectors for one batch (called in a worker thread).
+        max_batch_size: most texts in one batch.
+        max_batch_tokens: most padded tokens (longest text x texts) in one batch.
+        max_wait_ms: when idle, how long to wait for more texts before starting a round.
+        max_queued_texts: texts allowed to wait; a request beyond it gets Overloaded.
+        max_concurrency: batches computing at once.
+        clock: monotonic seconds (injected for tests).
+        load_window_s: the window of the busy fraction.
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        max_wait_ms: float,
+        max_queued_texts: int,
+        max_concurrency: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        load_window_s: float = 2.0,
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_batch_tokens = max_batch_tokens
+        self._max_wait_s = max_wait_ms / 1000.0
+        self._max_queued_texts = max_queued_texts
+        self._clock = clock
+        self._load_window_s = load_window_s
+        self._waiting: list[_Text] = []
+        self._queued_texts = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="batch")
+        self._running = 0
+        self._busy_since: float | None = None
+        self._busy_intervals: deque[tuple[float, float]] = deque()
+        self._batches_done = 0
+        self._texts_done = 0
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- submitting -------------------------------------------------------------------------------------------
+
+    async def submit(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed the texts of one request; returns (len(token_lists), dim) float32 in input order.
+
+        Raises Overloaded when the queue cannot take them all, BackendFailure when the model fails. Cancelling the
+        caller drops its texts that have not started computing.
+        """
+        if not token_lists:
+            raise ValueError("submit needs at least one text")
+        if self._queued_texts + len(token_lists) > self._max_queued_texts:
+            raise Overloaded(
+                f"instance queue full ({self._queued_texts} texts waiting, limit {self._max_queued_texts}); retry later"
+            )
+        self._ensure_loop()
+        request = _Request(size=len(token_lists), future=asyncio.get_running_loop().create_future())
+        request.vectors = [None] * len(token_lists)
+        request.remaining = len(token_lists)
+        self._waiting.extend(_Text(request, index, tokens) for index, tokens in enumerate(token_lists))
+        self._queued_texts += len(token_lists)
+        self._wakeup.set()
+        return await request.future
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run_forever())
+
+    # ---- batching ---------------------------------------------------------------------------------------------
+
+    def form_batches(self, texts: list[_Text]) -> list[list[_Text]]:
+        """Sort by token length and cut greedily under the size and padded-token budgets."""
+        batches: list[list[_Text]] = []
+        current: list[_Text] = []
+        for text in sorted(texts, key=lambda t: len(t.tokens)):
+            longest = len(text.tokens)  # sorted ascending: the newest text is the longest
+            if current and (
+                len(current) + 1 > self._max_batch_size or longest * (len(current) + 1) > self._max_batch_tokens
+            ):
+                batches.append(current)
+                current = []
+            current.append(text)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _take_round(self) -> list[_Text]:
+        texts, self._waiting = self._waiting, []
+        live = [t for t in texts if not t.request.future.done()]
+        self._queued_texts -= len(texts) - len(live)
+        return live
+
+    async def _run_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._running == 0 and self._max_wait_s > 0 and len(self._waiting) < self._max_batch_size:
+                # Idle and only a partial batch: give concurrent requests a moment to join it.
+                await asyncio.sleep(self._max_wait_s)
+            texts = self._take_round()
+            if not texts:
+                continue
+            # The next round is formed as soon as this round's batches have all started, so that with
+            # max_concurrency > 1 no worker idles while the last batch of a round computes.
+            for batch in self.form_batches(texts):
+                await self._slots.acquire()
+                live = [t for t in batch if not t.request.future.done()]
+                self._queued_texts -= len(batch) - len(live)
+                if not live:
+                    self._slots.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._compute(live))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _compute(self, batch: list[_Text]) -> None:
+        loop = asyncio.get_running_loop()
+        self._mark_busy(+1)
+        try:
+            vectors = await loop.run_in_executor(self._executor, self._run_batch, [t.tokens for t in batch])
+        except Exception as error:  # the model failed: fail these requests, keep serving the others
+            logger.exception("batch of %d texts failed", len(batch))
+            failure = BackendFailure(f"the model failed on a batch: {type(error).__name__}: {error}")
+            for text in batch:
+                if not text.request.future.done():
+                    text.request.future.set_exception(failure)
+        else:
+            self._batches_done += 1
+            self._texts_done += len(batch)
+            for text, vector in zip(batch, vectors, strict=True):
+                request = text.request
+                request.vectors[text.index] = vector
+                request.remaining -= 1
+                if request.remaining == 0 and not request.future.done():
+                    request.future.set_result(np.stack(request.vectors))  # type: ignore[arg-type]
+        finally:
+            self._queued_texts -= len(batch)
+            self._mark_busy(-1)
+            self._slots.release()
+
+    # ---- load -------------------------------------------------------------------------------------------------
+
+    def _mark_busy(self, delta: int) -> None:
+        now = self._clock()
+        if self._running == 0 and delta > 0:
+            self._busy_since = now
+        self._running += delta
+        if self._running == 0 and self._busy_since is not None:
+            self._busy_intervals.append((self._busy_since, now))
+            self._busy_since = None
+
+    def load(self) -> float:
+        """Fraction of the last ``load_window_s`` seconds during which at least one batch was computing."""
+        now = self._clock()
+        start = now - self._load_window_s
+        while self._busy_intervals and self._busy_intervals[0][1] <= start:
+            self._busy_intervals.popleft()
+        busy = sum(min(end, now) - max(begin, start) for begin, end in self._busy_intervals)
+        if self._busy_since is not None:
+            busy += now - max(self._busy_since, start)
+        return min(max(busy / self._load_window_s, 0.0), 1.0)
+
+    def stats(self) -> BatchStats:
+        """Queue length, running batches, load and totals."""
+        return BatchStats(
+            queued_texts=self._queued_texts,
+            running_batches=self._running,
+            load=self.load(),
+            batches_done=self._batches_done,
+            texts_done=self._texts_done,
+        )
+
+    async def close(self) -> None:
+        """Stop the loop and the worker threads (waits for computing batches)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._executor.shutdown(wait=True)

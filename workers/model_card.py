@@ -1,0 +1,76 @@
+"""What a model folder says about how to embed with it, read without importing torch.
+
+Pooling comes from sentence-transformers' ``modules.json`` and ``1_Pooling/config.json``; the input limit from
+``sentence_bert_config.json`` (``max_seq_length``) or the model config. A config override wins over both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+POOLING_KEYS = {
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """How to embed with a model folder.
+
+    Attributes:
+        pooling: ``mean``, ``cls`` or ``lasttoken``.
+        normalize_by_default: whether sentence-transformers would L2-normalise (a Normalize module is listed).
+        max_input_tokens: the longest input (special tokens included) the model is used with.
+        model_type: the transformers ``model_type`` (``bert``, ``mpnet``, ``qwen3``...).
+    """
+
+    pooling: str
+    normalize_by_default: bool
+    max_input_tokens: int
+    model_type: str
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _pooling_folder(folder: Path, modules: list[dict[str, Any]] | None) -> Path:
+    for module in modules or []:
+        if str(module.get("type", "")).endswith("Pooling"):
+            return folder / str(module.get("path", "1_Pooling"))
+    return folder / "1_Pooling"
+
+
+def read_model_card(folder: Path, pooling_override: str = "auto", max_tokens_override: int | None = None) -> ModelCard:
+    """Read pooling, normalisation and input limit from ``folder``, applying the config's overrides.
+
+    Without any sentence-transformers files, decoder models (Qwen3 and kin) pool the last token, encoders the mean.
+    """
+    config = _read_json(folder / "config.json") or {}
+    model_type = str(config.get("model_type", "unknown"))
+    modules = _read_json(folder / "modules.json")
+    pooling = pooling_override
+    if pooling == "auto":
+        pooling_config = _read_json(_pooling_folder(folder, modules) / "config.json") or {}
+        found = [name for key, name in POOLING_KEYS.items() if pooling_config.get(key)]
+        decoder = bool(config.get("is_decoder")) or model_type.startswith(("qwen", "llama", "mistral", "gemma"))
+        pooling = found[0] if found else ("lasttoken" if decoder else "mean")
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules or [])
+    limit = max_tokens_override
+    if limit is None:
+        st_config = _read_json(folder / "sentence_bert_config.json") or {}
+        limit = st_config.get("max_seq_length") or config.get("max_position_embeddings") or 512
+    return ModelCard(
+        pooling=pooling,
+        normalize_by_default=normalize or modules is None,
+        max_input_tokens=int(limit),
+        model_type=model_type,
+    )

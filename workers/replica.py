@@ -1,0 +1,115 @@
+"""The Ray Serve deployment: one replica per planned instance, pinned to its pool, serving HTTP itself.
+
+All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
+Serve rank (``plan.instances[rank]``), pins itself to that instance's cores, loads the model, and builds its own
+FastAPI app (late-bound ingress), so the proxy's router hands requests straight to the chosen replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from orchestrator.errors import Unhealthy
+from orchestrator.planner import Plan, PlannedInstance
+from workers.http_api import build_app
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """Everything a replica needs, decided by the planner and the config (pickled to each replica)."""
+
+    plan: Plan
+    model_folder: str
+    model_name: str
+    pooling: str
+    dtype: str
+    max_input_tokens: int | None
+    normalize: bool
+    max_inputs_per_request: int
+    max_request_bytes: int
+
+
+def _current_rank() -> int:
+    rank = serve.get_replica_context().rank
+    return int(getattr(rank, "rank", rank))
+
+
+def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
+    """Pin to the instance's pool, load the model and return its EmbeddingService."""
+    from workers.backend import TorchBackend
+    from workers.batcher import Batcher
+    from workers.model_card import read_model_card
+    from workers.pinning import pin_to_cpu_pool
+    from workers.service import EmbeddingService, ServiceInfo
+    from workers.tokenizer import TextTokenizer
+
+    pin_to_cpu_pool(instance.cpu_cores, instance.threads)
+    folder = Path(spec.model_folder)
+    card = read_model_card(folder, spec.pooling, spec.max_input_tokens)
+    tokenizer = TextTokenizer(folder, card.max_input_tokens)
+    backend = TorchBackend(folder, card.pooling, spec.dtype, device="cpu")
+    batcher = Batcher(
+        backend.embed,
+        max_batch_size=instance.batch_size,
+        max_batch_tokens=instance.max_batch_tokens,
+        max_wait_ms=instance.max_wait_ms,
+        max_queued_texts=instance.max_queued_texts,
+        max_concurrency=instance.max_concurrency,
+    )
+    info = ServiceInfo(
+        model_name=spec.model_name,
+        instance=instance.name,
+        max_input_tokens=card.max_input_tokens,
+        max_batch_tokens=instance.max_batch_tokens,
+        max_inputs_per_request=spec.max_inputs_per_request,
+        max_request_bytes=spec.max_request_bytes,
+        normalize_by_default=spec.normalize,
+        pooling=card.pooling,
+        backend=backend.info,
+    )
+    # One warm-up forward so the first client does not pay for lazy initialisation.
+    backend.embed([tokenizer.encode(["warm up"], truncate=True)[0]])
+    return EmbeddingService(tokenizer, batcher, info)
+
+
+@serve.ingress()
+class EmbeddingReplica:
+    """One instance of the model, bound to the planned instance of its rank."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self._rank = _current_rank()
+        self._instance = spec.plan.instance_for_rank(self._rank)
+        self._service = build_instance_service(spec, self._instance)
+        logger.info("instance %s ready on cores %s", self._instance.name, self._instance.cpu_cores)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_app(self._service)
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Pulled by the router every stats period: the balancer's load input and the queue."""
+        stats = self._service.batcher.stats()
+        return {"load": stats.load, "queued_texts": stats.queued_texts}
+
+    def record_replica_metadata(self) -> dict[str, Any]:
+        """Read once by the router when the replica is ready: what it is and how much it holds."""
+        instance = self._instance
+        return {
+            "instance": instance.name,
+            "profile": instance.profile,
+            "device": instance.device,
+            "cpu_cores": list(instance.cpu_cores),
+            "threads": instance.threads,
+            "capacity": instance.capacity,
+        }
+
+    def check_health(self) -> None:
+        """Serve may reassign ranks; a replica serving another rank's instance must be replaced."""
+        if _current_rank() != self._rank:
+            raise Unhealthy(f"replica rank changed from {self._rank}: it no longer matches its pinned instance")

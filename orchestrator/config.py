@@ -82,6 +82,9 @@ class BatchingConfig(_Strict):
     max_batch_tokens: PositiveInt = 16384
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 2.0
     max_queued_texts: PositiveInt = 2048
+    batch_overhead_tokens: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="Fixed cost of a forward pass in padded tokens; auto measures it at start-up."
+    )
 
 
 class RayConfig(_Strict):

@@ -45,6 +45,7 @@ class PlannedInstance:
     max_wait_ms: float
     max_queued_texts: int
     capacity: int
+    batch_overhead_tokens: float | None = None  # None: the replica measures it at start-up
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,9 @@ def plan_cpu_pools(config: Config, topology: Topology) -> Plan:
                 max_wait_ms=batching.max_wait_ms,
                 max_queued_texts=batching.max_queued_texts,
                 capacity=REQUESTS_PER_THREAD * threads,
+                batch_overhead_tokens=None
+                if batching.batch_overhead_tokens == "auto"
+                else float(batching.batch_overhead_tokens),
             )
         )
     for instance in config.mig_instances[count:]:

@@ -1,9 +1,10 @@
 """An asyncio micro-batcher: merges waiting requests into length-sorted batches under a token budget.
 
 Each round takes everything waiting (from every request, not request by request), drops texts whose client has
-gone, sorts them by token length and cuts batches of at most ``max_batch_size`` texts whose padded size
-(longest x count) stays under ``max_batch_tokens``. Batches run on a thread pool of ``max_concurrency`` workers so the
-event loop keeps accepting requests; texts arriving during a round wait for the next one. The queue is bounded in
+gone, sorts them by token length and cuts the batches of least total cost (fixed cost per forward pass plus padded
+tokens), each of at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens (longest x count).
+Batches run on a thread pool of ``max_concurrency`` workers so the event loop keeps accepting requests; texts
+arriving during a round wait for the next one. The queue is bounded in
 texts: a request that would overflow it is refused at once with ``Overloaded`` (HTTP 429).
 
 The batcher also measures its load, the busy fraction of the last ``load_window_s`` seconds, which the replica
@@ -67,6 +68,7 @@ class Batcher:
         max_wait_ms: when idle, how long to wait for more texts before starting a round.
         max_queued_texts: texts allowed to wait; a request beyond it gets Overloaded.
         max_concurrency: batches computing at once.
+        batch_overhead_tokens: the fixed cost of one forward pass, in padded tokens (see ``form_batches``).
         clock: monotonic seconds (injected for tests).
         load_window_s: the window of the busy fraction.
     """
@@ -79,6 +81,7 @@ class Batcher:
         max_wait_ms: float,
         max_queued_texts: int,
         max_concurrency: int = 1,
+        batch_overhead_tokens: float = 32.0,
         clock: Callable[[], float] = time.monotonic,
         load_window_s: float = 2.0,
     ) -> None:
@@ -87,6 +90,7 @@ class Batcher:
         self._max_batch_tokens = max_batch_tokens
         self._max_wait_s = max_wait_ms / 1000.0
         self._max_queued_texts = max_queued_texts
+        self._batch_overhead_tokens = batch_overhead_tokens
         self._clock = clock
         self._load_window_s = load_window_s
         self._waiting: list[_Text] = []
@@ -132,19 +136,36 @@ class Batcher:
     # ---- batching ---------------------------------------------------------------------------------------------
 
     def form_batches(self, texts: list[_Text]) -> list[list[_Text]]:
-        """Sort by token length and cut greedily under the size and padded-token budgets."""
+        """Sort by token length and cut into the batches of least total cost.
+
+        A batch of n texts whose longest has L tokens costs ``batch_overhead_tokens + n * L`` (the fixed cost of a
+        forward pass plus the padded tokens), under ``n <= max_batch_size`` and ``n * L <= max_batch_tokens``.
+        On sorted lengths the best cut points follow from a short dynamic programme; it packs similar lengths into
+        big batches and keeps a few long texts from padding many short ones.
+        """
+        ordered = sorted(texts, key=lambda t: len(t.tokens))
+        count = len(ordered)
+        lengths = [len(t.tokens) for t in ordered]
+        best_cost = [0.0] + [float("inf")] * count
+        cut_from = [0] * (count + 1)
+        for end in range(1, count + 1):
+            longest = lengths[end - 1]  # sorted ascending: the batch ending here is padded to this length
+            smallest_start = max(0, end - self._max_batch_size)
+            for start in range(end - 1, smallest_start - 1, -1):
+                size = end - start
+                if size > 1 and size * longest > self._max_batch_tokens:
+                    break
+                cost = best_cost[start] + self._batch_overhead_tokens + size * longest
+                if cost <= best_cost[end]:  # on a tie, the bigger batch (start only decreases)
+                    best_cost[end] = cost
+                    cut_from[end] = start
         batches: list[list[_Text]] = []
-        current: list[_Text] = []
-        for text in sorted(texts, key=lambda t: len(t.tokens)):
-            longest = len(text.tokens)  # sorted ascending: the newest text is the longest
-            if current and (
-                len(current) + 1 > self._max_batch_size or longest * (len(current) + 1) > self._max_batch_tokens
-            ):
-                batches.append(current)
-                current = []
-            current.append(text)
-        if current:
-            batches.append(current)
+        end = count
+        while end > 0:
+            start = cut_from[end]
+            batches.append(ordered[start:end])
+            end = start
+        batches.reverse()
         return batches
 
     def _take_round(self) -> list[_Text]:

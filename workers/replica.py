@@ -45,6 +45,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     """Pin to the instance's pool, load the model and return its EmbeddingService."""
     from workers.backend import TorchBackend
     from workers.batcher import Batcher
+    from workers.calibration import measure_batch_overhead_tokens
     from workers.model_card import read_model_card
     from workers.pinning import pin_to_cpu_pool
     from workers.service import EmbeddingService, ServiceInfo
@@ -55,6 +56,15 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     card = read_model_card(folder, spec.pooling, spec.max_input_tokens)
     tokenizer = TextTokenizer(folder, card.max_input_tokens)
     backend = TorchBackend(folder, card.pooling, spec.dtype, device="cpu")
+    # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
+    # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
+    row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
+    overhead = instance.batch_overhead_tokens
+    if overhead is None:
+        overhead = measure_batch_overhead_tokens(backend.embed, row)
+    else:
+        backend.embed([row])
+    logger.info("instance %s: a forward pass costs as much as %.0f padded tokens", instance.name, overhead)
     batcher = Batcher(
         backend.embed,
         max_batch_size=instance.batch_size,
@@ -62,6 +72,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         max_wait_ms=instance.max_wait_ms,
         max_queued_texts=instance.max_queued_texts,
         max_concurrency=instance.max_concurrency,
+        batch_overhead_tokens=overhead,
     )
     info = ServiceInfo(
         model_name=spec.model_name,
@@ -74,8 +85,6 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         pooling=card.pooling,
         backend=backend.info,
     )
-    # One warm-up forward so the first client does not pay for lazy initialisation.
-    backend.embed([tokenizer.encode(["warm up"], truncate=True)[0]])
     return EmbeddingService(tokenizer, batcher, info)
 
 

@@ -11,7 +11,13 @@ from workers.batcher import Batcher
 
 
 def make(backend: FakeBackend, **overrides: float) -> Batcher:
-    settings = {"max_batch_size": 4, "max_batch_tokens": 1000, "max_wait_ms": 5.0, "max_queued_texts": 64}
+    settings = {
+        "max_batch_size": 4,
+        "max_batch_tokens": 1000,
+        "max_wait_ms": 5.0,
+        "max_queued_texts": 64,
+        "batch_overhead_tokens": 1000.0,  # forward passes dear: fewest batches the limits allow
+    }
     settings.update(overrides)
     return Batcher(backend.embed, **settings)  # type: ignore[arg-type]
 
@@ -37,7 +43,8 @@ async def test_concurrent_requests_are_merged_and_sorted_by_length() -> None:
     for request, vectors in zip(requests, results, strict=True):
         assert np.array_equal(vectors, np.stack([fake_vector(t) for t in request]))
     lengths = [[len(t) for t in batch] for batch in backend.batches]
-    assert lengths == [[1, 2, 3, 5], [7, 10]]  # one round, across requests, shortest first
+    # One round across requests, sorted by length; of the two-batch cuts, the one with least padding.
+    assert lengths == [[1, 2, 3], [5, 7, 10]]
     await batcher.close()
 
 
@@ -50,6 +57,36 @@ async def test_token_budget_counts_padding() -> None:
     assert lengths == [[4, 4, 4, 4, 4], [10, 10]]
     assert all(max(batch) * len(batch) <= 20 for batch in lengths)
     await batcher.close()
+
+
+async def test_cheap_forward_passes_keep_long_texts_apart() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, batch_overhead_tokens=0.0)
+    await batcher.submit([tokens(2), tokens(50), tokens(2), tokens(2)])
+    assert [[len(t) for t in b] for b in backend.batches] == [[2, 2, 2], [50]]
+    await batcher.close()
+
+
+def test_cut_points_cost_no_more_than_fixed_size_batches() -> None:
+    import random
+
+    from workers.batcher import _Request, _Text
+
+    rng = random.Random(3)
+    batcher = Batcher(FakeBackend().embed, 16, 4096, 0, 4096, batch_overhead_tokens=30.0)
+    for _ in range(20):
+        lengths = [rng.randint(5, 120) for _ in range(rng.randint(1, 200))]
+        texts = [_Text(_Request(1, None), 0, [1] * n) for n in lengths]  # type: ignore[arg-type]
+        batches = batcher.form_batches(texts)
+        assert sorted(len(t.tokens) for b in batches for t in b) == sorted(lengths)
+        assert all(len(b) <= 16 and len(b) * max(len(t.tokens) for t in b) <= 4096 for b in batches)
+
+        def cost(groups: list[list[int]]) -> float:
+            return sum(30.0 + len(g) * max(g) for g in groups)
+
+        ordered = sorted(lengths)
+        fixed = [ordered[i : i + 16] for i in range(0, len(ordered), 16)]
+        assert cost([[len(t.tokens) for t in b] for b in batches]) <= cost(fixed)
 
 
 async def test_a_text_longer_than_the_budget_runs_alone() -> None:

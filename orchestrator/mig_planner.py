@@ -1,0 +1,172 @@
+"""Pure GPU placement: configured instances -> MIG slices (by profile name) and whole GPUs.
+
+Profile names are resolved against each GPU's own table, because the same name means different profiles on
+different GPUs (``1g.10gb`` is id 15 on A100-40GB, id 19 on A100-80GB). Every problem becomes one line that says
+what exists and what to do; all problems are collected before raising, so a user fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+from orchestrator.config import Config, InstanceConfig
+from orchestrator.errors import PlanError
+from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
+from orchestrator.model_source import ModelFootprint
+from orchestrator.planner import GpuBinding, PlannedInstance, planned_instance
+
+# Capacity (requests a replica is sized to hold) per streaming multiprocessor pair: a 1g slice of an A100 (14 SMs)
+# holds 7, a 3g slice (42 SMs) 21, so the balancer sends a 3g slice about three times the work of a 1g slice.
+SMS_PER_REQUEST_SLOT = 2
+# A whole GPU without MIG whose SM count NVML does not report (it is only reported for MIG devices).
+WHOLE_GPU_DEFAULT_SMS = 128
+
+_RUNTIME_DTYPE_BYTES = {"auto": 2, "float16": 2, "bfloat16": 2, "float32": 4}
+
+
+def capacity_for_sms(sm_count: int) -> int:
+    """Requests a device with ``sm_count`` SMs is sized to hold (at least 1)."""
+    return max(1, round(sm_count / SMS_PER_REQUEST_SLOT))
+
+
+def _describe_free(free: dict[int, list[MigSlice]]) -> str:
+    parts = []
+    for gpu_index, slices in free.items():
+        if slices:
+            names = ", ".join(s.profile for s in slices)
+            parts.append(f"GPU {gpu_index}: {names}")
+    return "; ".join(parts) or "none"
+
+
+def _mig_state_problem(gpus: tuple[GpuInfo, ...]) -> str | None:
+    """Why no MIG slice can be used at all, or None when some GPU has MIG enabled."""
+    if any(g.mig_enabled and not g.mig_reset_pending for g in gpus):
+        return None
+    pending = [g for g in gpus if g.mig_reset_pending]
+    if pending:
+        g = pending[0]
+        return (
+            f"GPU {g.index} ({g.name}) has a MIG mode change waiting for a GPU reset: "
+            f"run sudo nvidia-smi -r -i {g.index} (or reboot), then create the slices (orchestrator mig plan)"
+        )
+    capable = [g for g in gpus if g.mig_supported]
+    if capable:
+        g = capable[0]
+        return (
+            f"MIG is disabled on GPU {g.index} ({g.name}): enable it with sudo nvidia-smi -i {g.index} -mig 1 "
+            "(A100/A30 also need a GPU reset), then create the slices (orchestrator mig plan)"
+        )
+    names = ", ".join(sorted({g.name for g in gpus}))
+    return f"no GPU here supports MIG ({names}): use type: gpu to serve on whole GPUs"
+
+
+def _mig_binding(gpu: GpuInfo, mig: MigSlice) -> GpuBinding:
+    return GpuBinding(
+        kind="mig",
+        device_uuid=mig.uuid,
+        gpu_index=gpu.index,
+        gpu_uuid=gpu.uuid,
+        gpu_name=gpu.name,
+        profile=mig.profile,
+        memory_mb=mig.memory_mb,
+        sm_count=mig.sm_count,
+        gpu_instance_id=mig.gpu_instance_id,
+        compute_instance_id=mig.compute_instance_id,
+    )
+
+
+def _whole_binding(gpu: GpuInfo) -> GpuBinding:
+    full = max((p.sm_count for p in gpu.profiles), default=WHOLE_GPU_DEFAULT_SMS)
+    return GpuBinding(
+        kind="gpu",
+        device_uuid=gpu.uuid,
+        gpu_index=gpu.index,
+        gpu_uuid=gpu.uuid,
+        gpu_name=gpu.name,
+        profile="gpu",
+        memory_mb=gpu.memory_mb,
+        sm_count=full,
+    )
+
+
+def plan_gpu_instances(
+    config: Config, topology: Topology, instances: list[InstanceConfig], footprint: ModelFootprint | None
+) -> tuple[list[PlannedInstance], list[str]]:
+    """Bind each instance to a free MIG slice of its profile, or (``type: gpu``) to a whole GPU without MIG.
+
+    Returns the planned instances (ranks from 0, in config order) and notes (unused slices and GPUs). Raises
+    PlanError with one line per problem: unknown profile, no free slice (with the free ones and the command that
+    creates one), MIG disabled or waiting for a reset, a model bigger than its slice, too few whole GPUs.
+    """
+    gpus = topology.gpus
+    free: dict[int, list[MigSlice]] = {
+        g.index: list(g.slices) for g in gpus if g.mig_enabled and not g.mig_reset_pending
+    }
+    whole = [g for g in gpus if not g.mig_enabled and not g.mig_pending_enabled]
+    by_index = {g.index: g for g in gpus}
+    dtype_bytes = _RUNTIME_DTYPE_BYTES.get(config.model.dtype, 2)
+    needed_mb = footprint.gpu_memory_mb(dtype_bytes) if footprint is not None else None
+    problems: list[str] = []
+    planned: list[PlannedInstance] = []
+    state_problem = _mig_state_problem(gpus)
+
+    for instance in instances:
+        where = f"instance {instance.name!r}"
+        if instance.type == "gpu":
+            if not whole:
+                problems.append(f"{where}: no whole GPU without MIG is left ({len(gpus)} GPU(s), MIG on the others)")
+                continue
+            binding = _whole_binding(whole.pop(0))
+        else:
+            knowing = [g for g in gpus if g.profile(instance.type) is not None]
+            if not knowing:
+                tables = "; ".join(
+                    f"GPU {g.index} ({g.name}): {', '.join(p.name for p in g.profiles) or 'no MIG profiles'}"
+                    for g in gpus
+                )
+                problems.append(f"{where}: profile {instance.type!r} does not exist on these GPUs ({tables})")
+                continue
+            if state_problem is not None:
+                problems.append(f"{where}: {state_problem}")
+                continue
+            match = next(
+                ((index, s) for index, slices in free.items() for s in slices if s.profile == instance.type), None
+            )
+            if match is None:
+                target = next((g for g in knowing if g.index in free), knowing[0])
+                profile = target.profile(instance.type)
+                assert profile is not None
+                problems.append(
+                    f"{where}: no free {instance.type} slice (free slices: {_describe_free(free)}); create one with "
+                    f"sudo nvidia-smi mig -i {target.index} -cgi {profile.profile_id} -C, or see orchestrator mig plan"
+                )
+                continue
+            gpu_index, mig = match
+            free[gpu_index].remove(mig)
+            binding = _mig_binding(by_index[gpu_index], mig)
+        if needed_mb is not None and needed_mb > binding.memory_mb:
+            problems.append(
+                f"{where}: the model needs about {needed_mb} MiB ({dtype_bytes * 8}-bit weights plus headroom) but "
+                f"{binding.profile} on GPU {binding.gpu_index} has {binding.memory_mb} MiB: choose a bigger profile"
+            )
+            continue
+        planned.append(
+            planned_instance(
+                config,
+                instance,
+                len(planned),
+                device=binding.kind,
+                cpu_cores=(),
+                threads=1,
+                capacity=capacity_for_sms(binding.sm_count),
+                gpu=binding,
+            )
+        )
+
+    if problems:
+        raise PlanError("\n".join(problems))
+    notes = [
+        f"unused MIG slice on GPU {index}: {s.profile} {s.uuid} (GPU instance {s.gpu_instance_id})"
+        for index, slices in free.items()
+        for s in slices
+    ]
+    notes += [f"unused whole GPU {g.index} ({g.name}): add an instance with type: gpu to serve on it" for g in whole]
+    return planned, notes

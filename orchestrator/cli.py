@@ -179,6 +179,16 @@ def up_command(
         console.print("Stopped.")
 
 
+def _register_gpu_commands() -> None:
+    from orchestrator.cli_gpu import doctor_command, mig_app
+
+    app.add_typer(mig_app, name="mig")
+    app.command("doctor")(doctor_command)
+
+
+_register_gpu_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -56,3 +56,51 @@ def test_up_refuses_a_busy_port_in_one_line_before_starting_ray() -> None:
     assert result.exit_code == 1
     assert f"error: 127.0.0.1:{port} is already in use: stop what holds it, or pass --port N" in result.output
     assert "Traceback" not in result.output
+
+
+def test_mig_plan_dry_run_then_apply(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    import orchestrator.cli_gpu as cli_gpu
+    from tests.unit.test_mig_planner import SEVEN_1G, a100, topo
+
+    monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(layout=SEVEN_1G)))
+    config = tmp_path / "c.yaml"
+    config.write_text("mig_instances:\n  - name: big\n    type: 3g.20gb\n  - name: small\n    type: 1g.5gb\n")
+    dry = runner.invoke(app, ["mig", "plan", "--config", str(config)])
+    assert dry.exit_code == 0, dry.output
+    assert "sudo nvidia-smi mig -i 0 -cgi 9,19 -C" in dry.output and "Dry run" in dry.output
+    assert dry.output.count("destroys") == 7
+
+    ran: list[str] = []
+
+    def fake_run(command: str) -> subprocess.CompletedProcess[str]:
+        ran.append(command)
+        failing = command.endswith("-dgi")
+        return subprocess.CompletedProcess(
+            command, 1 if failing else 0, "", "In use by another client" if failing else ""
+        )
+
+    monkeypatch.setattr(cli_gpu, "run_command", fake_run)
+    monkeypatch.setattr(cli_gpu.os, "geteuid", lambda: 1000)
+    not_root = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"])
+    assert not_root.exit_code == 1 and "needs root" in not_root.output and ran == []
+    monkeypatch.setattr(cli_gpu.os, "geteuid", lambda: 0)
+    applied = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"])
+    assert applied.exit_code == 1
+    assert ran == ["nvidia-smi mig -i 0 -dci", "nvidia-smi mig -i 0 -dgi"]  # stops at the first failure
+    assert "In use by another client" in applied.output and "nothing after it was run" in applied.output
+
+
+def test_doctor_exit_code_follows_failures(monkeypatch) -> None:
+    import dataclasses
+
+    import orchestrator.cli_gpu as cli_gpu
+    from tests.unit.test_mig_planner import a100, topo
+
+    monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(mig_enabled=False, mig_pending_enabled=True)))
+    failing = runner.invoke(app, ["doctor"])
+    assert failing.exit_code == 1 and "sudo nvidia-smi -r -i 0" in failing.output
+    healthy = dataclasses.replace(topo(a100()), driver_version="550.54.15")
+    monkeypatch.setattr(cli_gpu, "probe_topology", lambda: healthy)
+    assert runner.invoke(app, ["doctor"]).exit_code == 0

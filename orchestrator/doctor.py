@@ -1,0 +1,155 @@
+"""The seed's troubleshooting checks as data: each check passes, warns or fails, and says how to fix it.
+
+Pure: it reads a probed Topology and an environment mapping, so tests drive it with the fake NVML's fixtures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from orchestrator.hardware.topology import Topology
+
+MIN_DRIVER = (450, 80, 2)
+MIG_CAPABLE_HINT = "A100, A30, H100, H200, B200 (Ampere or newer data-centre GPUs)"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``orchestrator doctor``."""
+
+    name: str
+    status: str  # "pass", "warn" or "fail"
+    detail: str
+    fix: str = ""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _driver_checks(topology: Topology) -> list[Check]:
+    if not topology.gpus:
+        return [
+            Check(
+                "NVIDIA driver",
+                "warn",
+                topology.gpu_note or "no GPU found",
+                "install the NVIDIA driver (and in containers run with --gpus); until then CPU pools serve",
+            )
+        ]
+    checks = [Check("NVIDIA driver", "pass", f"{len(topology.gpus)} GPU(s) through NVML")]
+    version = topology.driver_version
+    if version is None:
+        checks.append(Check("driver version", "warn", "NVML did not report the driver version"))
+    elif _version_tuple(version) < MIN_DRIVER:
+        checks.append(
+            Check("driver version", "fail", f"{version} is older than 450.80.02", "upgrade the driver to R450.80+")
+        )
+    else:
+        checks.append(Check("driver version", "pass", f"{version} (MIG needs 450.80.02 or newer)"))
+    return checks
+
+
+def _gpu_checks(topology: Topology) -> list[Check]:
+    checks = []
+    for gpu in topology.gpus:
+        label = f"GPU {gpu.index} ({gpu.name})"
+        if not gpu.mig_supported:
+            checks.append(
+                Check(
+                    f"{label} MIG support",
+                    "warn",
+                    "this GPU cannot do MIG",
+                    f"serve it whole (type: gpu); MIG needs {MIG_CAPABLE_HINT}",
+                )
+            )
+            continue
+        if gpu.mig_reset_pending:
+            checks.append(
+                Check(
+                    f"{label} MIG mode",
+                    "fail",
+                    f"mode change pending (current {'on' if gpu.mig_enabled else 'off'}, "
+                    f"pending {'on' if gpu.mig_pending_enabled else 'off'})",
+                    f"reset the GPU: sudo nvidia-smi -r -i {gpu.index} (or reboot)",
+                )
+            )
+        elif not gpu.mig_enabled:
+            checks.append(
+                Check(f"{label} MIG mode", "warn", "MIG is disabled", f"sudo nvidia-smi -i {gpu.index} -mig 1")
+            )
+        elif not gpu.slices:
+            checks.append(
+                Check(
+                    f"{label} MIG mode",
+                    "warn",
+                    "MIG is on but no GPU instance exists: CUDA sees nothing on this GPU",
+                    "create slices: orchestrator mig plan --config ... --apply",
+                )
+            )
+        else:
+            profiles = ", ".join(s.profile for s in gpu.slices)
+            checks.append(Check(f"{label} MIG mode", "pass", f"on, {len(gpu.slices)} slice(s): {profiles}"))
+        if gpu.process_pids:
+            pids = ", ".join(map(str, gpu.process_pids))
+            checks.append(
+                Check(
+                    f"{label} processes",
+                    "warn",
+                    f"in use by process(es) {pids}",
+                    "stop them before changing MIG instances (nvidia-smi shows them)",
+                )
+            )
+    return checks
+
+
+def _container_checks(environ: Mapping[str, str]) -> list[Check]:
+    capabilities = environ.get("NVIDIA_DRIVER_CAPABILITIES")
+    if capabilities is None:
+        return [
+            Check("container capabilities", "pass", "not in an NVIDIA container (NVIDIA_DRIVER_CAPABILITIES unset)")
+        ]
+    granted = {c.strip() for c in capabilities.split(",")}
+    missing = [] if "all" in granted else [c for c in ("compute", "utility") if c not in granted]
+    if missing:
+        return [
+            Check(
+                "container capabilities",
+                "fail",
+                f"NVIDIA_DRIVER_CAPABILITIES={capabilities} lacks {', '.join(missing)}",
+                "run the container with -e NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+            )
+        ]
+    checks = [Check("container capabilities", "pass", f"NVIDIA_DRIVER_CAPABILITIES={capabilities}")]
+    if "all" not in granted and "mig" not in granted:
+        checks.append(
+            Check(
+                "container MIG capability",
+                "warn",
+                "no 'mig' in NVIDIA_DRIVER_CAPABILITIES: serving on a slice works, listing or changing MIG "
+                "instances from inside the container may not",
+                "add it as the seed's Dockerfile does: NVIDIA_DRIVER_CAPABILITIES=compute,utility,mig",
+            )
+        )
+    if environ.get("NVIDIA_VISIBLE_DEVICES", "") in ("", "void", "none"):
+        checks.append(
+            Check(
+                "container devices",
+                "warn",
+                "NVIDIA_VISIBLE_DEVICES is unset or empty: the container may see no GPU",
+                "run with --gpus all, or -e NVIDIA_VISIBLE_DEVICES=all",
+            )
+        )
+    return checks
+
+
+def run_checks(topology: Topology, environ: Mapping[str, str]) -> list[Check]:
+    """All checks in the order a person would go through them."""
+    checks = _driver_checks(topology) + _gpu_checks(topology) + _container_checks(environ)
+    checks += [Check("probe warning", "warn", warning) for warning in topology.warnings]
+    return checks

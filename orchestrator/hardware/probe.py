@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 from orchestrator.hardware.cpu import probe_cpu
+from orchestrator.hardware.mig_geometry import with_standard_placements
 from orchestrator.hardware.nvml_probe import NvmlUnavailable, probe_gpus
 from orchestrator.hardware.topology import Topology
 
 
 def probe_topology() -> Topology:
-    """Discover the hardware. Never raises for a missing GPU: the reason goes to ``Topology.gpu_note``."""
+    """Discover the hardware. Never raises for a missing GPU.
+
+    Without a usable GPU, ``gpu_note`` is one line "No GPU found: <why>; serving on CPU pools." (the CLI prints it);
+    with GPUs it is None. Driver versions and NVML's non-fatal warnings (a lost GPU skipped...) are passed through.
+    Placements NVML would not list (the call needs root) are filled in from the standard MIG geometry.
+    """
     cpu = probe_cpu()
     try:
-        gpus = probe_gpus()
+        report = probe_gpus()
     except NvmlUnavailable as error:
         return Topology(cpu=cpu, gpu_note=f"No GPU found: {error}; serving on CPU pools.")
-    if not gpus:
-        return Topology(cpu=cpu, gpu_note="No GPU found: NVML reports 0 devices; serving on CPU pools.")
-    names = ", ".join(sorted({gpu.name for gpu in gpus}))
+    note = None
+    if not report.gpus:
+        # Zero devices, or every device NVML counted was skipped: the first warning says why.
+        reason = f"no GPU could be read ({report.warnings[0]})" if report.warnings else "NVML reports 0 devices"
+        note = f"No GPU found: {reason}; serving on CPU pools."
     return Topology(
         cpu=cpu,
-        gpus=gpus,
-        gpu_note=f"Found {len(gpus)} GPU(s) ({names}); MIG placement is not available in this version, "
-        "serving on CPU pools.",
+        gpus=tuple(with_standard_placements(gpu) for gpu in report.gpus),
+        gpu_note=note,
+        driver_version=report.driver_version,
+        cuda_driver_version=report.cuda_driver_version,
+        warnings=report.warnings,
     )

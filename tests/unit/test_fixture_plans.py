@@ -1,0 +1,112 @@
+"""Every NVML fixture through the real pynvml -> probe -> planner -> deployment options, without a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import parse_config
+from orchestrator.deploy import actor_options
+from orchestrator.errors import PlanError
+from orchestrator.hardware.probe import probe_topology
+from orchestrator.mig_layout import plan_layout
+from orchestrator.model_source import ModelFootprint
+from orchestrator.planner import plan
+from tests.fake_nvml import install_fake_nvml
+
+MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)
+
+
+def config(*types: str):
+    return parse_config({"mig_instances": [{"name": f"i{n}", "type": t} for n, t in enumerate(types)]})
+
+
+def placed(monkeypatch: pytest.MonkeyPatch, fixture: str, *types: str):
+    install_fake_nvml(monkeypatch, fixture)
+    return plan(config(*types), probe_topology(), MINILM)
+
+
+def bindings(placement) -> list[tuple[str, str, int | None, int]]:
+    return [(i.gpu.kind, i.gpu.profile, i.gpu.gpu_instance_id, i.capacity) for i in placement.instances]
+
+
+def test_a100_40gb_seven_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = placed(monkeypatch, "a100_40gb_7x1g5gb", "1g.5gb", "1g.5gb", "1g.5gb")
+    assert [b[:2] for b in bindings(placement)] == [("mig", "1g.5gb")] * 3
+    uuids = [i.gpu.device_uuid for i in placement.instances]
+    assert len(set(uuids)) == 3 and all(u.startswith("MIG-") for u in uuids)
+    assert all(i.gpu.gpu_uuid.startswith("GPU-") and i.gpu.sm_count == 14 for i in placement.instances)
+    assert sum("unused MIG slice" in n for n in placement.notes) == 4
+    options = actor_options(placement)
+    assert options["num_cpus"] == 0
+    assert options["runtime_env"] == {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+
+
+def test_a100_80gb_mixed_capacities_follow_sms(monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = placed(monkeypatch, "a100_80gb_mixed", "3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb")
+    capacity = {i.profile: i.capacity for i in placement.instances}
+    assert capacity == {"3g.40gb": 21, "2g.20gb": 14, "1g.10gb": 7}
+    assert placement.notes == ()
+
+
+def test_h100_has_no_1g5gb_and_says_what_it_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(
+        PlanError, match=r"profile '1g.5gb' does not exist on these GPUs \(GPU 0 \(NVIDIA H100.*1g.10gb"
+    ):
+        placed(monkeypatch, "h100_80gb_mixed", "1g.5gb")
+    placement = placed(monkeypatch, "h100_80gb_mixed", "3g.40gb", "1g.10gb")
+    assert [(p, sms) for p, sms in ((i.profile, i.gpu.sm_count) for i in placement.instances)] == [
+        ("3g.40gb", 60),
+        ("1g.10gb", 16),
+    ]
+
+
+def test_h200_and_a30(monkeypatch: pytest.MonkeyPatch) -> None:
+    h200 = placed(monkeypatch, "h200_mixed", "2g.35gb", "1g.18gb")
+    assert [b[1] for b in bindings(h200)] == ["2g.35gb", "1g.18gb"]
+    a30 = placed(monkeypatch, "a30_4x1g6gb", *["1g.6gb"] * 4)
+    assert len(a30.instances) == 4
+    with pytest.raises(PlanError, match="no free 1g.6gb slice"):
+        placed(monkeypatch, "a30_4x1g6gb", *["1g.6gb"] * 5)
+
+
+def test_mig_disabled_pending_and_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(PlanError, match=r"MIG is disabled on GPU 0 .*sudo nvidia-smi -i 0 -mig 1"):
+        placed(monkeypatch, "a100_mig_disabled", "1g.5gb")
+    with pytest.raises(PlanError, match=r"waiting for a GPU reset: run sudo nvidia-smi -r -i 0"):
+        placed(monkeypatch, "a100_mig_pending_reset", "1g.5gb")
+    with pytest.raises(PlanError, match=r"no free 1g.5gb slice \(free slices: none\).*-cgi 19 -C"):
+        placed(monkeypatch, "a100_mig_no_instances", "1g.5gb")
+
+
+def test_mig_and_whole_gpu_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    placement = placed(monkeypatch, "two_gpus_mig_and_whole", "3g.40gb", "gpu")
+    kinds = [(i.gpu.kind, i.gpu.gpu_index) for i in placement.instances]
+    assert kinds == [("mig", 0), ("gpu", 1)]
+    assert placement.instances[1].gpu.device_uuid.startswith("GPU-")
+    assert any("unused MIG slice on GPU 0: 3g.40gb" in n for n in placement.notes)
+
+
+def test_lost_gpu_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_nvml(monkeypatch, "gpu_lost")
+    topology = probe_topology()
+    assert [g.index for g in topology.gpus] == [0] and any("GPU 1" in w for w in topology.warnings)
+    placement = plan(config("3g.20gb"), topology, MINILM)
+    assert placement.instances[0].gpu.gpu_index == 0
+
+
+@pytest.mark.parametrize("fixture", ["library_missing", "driver_not_loaded", "no_devices"])
+def test_no_usable_gpu_falls_back_to_cpu_pools(monkeypatch: pytest.MonkeyPatch, fixture: str) -> None:
+    install_fake_nvml(monkeypatch, fixture)
+    topology = probe_topology()
+    assert topology.gpus == () and topology.gpu_note.startswith("No GPU found")
+    placement = plan(config("1g.5gb", "1g.5gb"), topology, MINILM)
+    assert placement.device_kind == "cpu" and all(i.gpu is None for i in placement.instances)
+    assert "runtime_env" not in actor_options(placement)
+
+
+def test_mig_plan_on_a_disabled_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_fake_nvml(monkeypatch, "a100_mig_disabled")
+    layout = plan_layout(config("3g.20gb", "1g.5gb", "1g.5gb"), probe_topology())
+    assert layout.commands[:2] == ["nvidia-smi -i 0 -mig 1", "nvidia-smi -r -i 0"]
+    assert layout.commands[-1] == "nvidia-smi mig -i 0 -cgi 9,19,19 -C"
+    assert any("process" in note for note in layout.gpus[0].notes)

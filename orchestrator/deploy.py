@@ -127,6 +127,9 @@ def deploy(
     """Deploy the plan and wait until every replica is running; raises DeployError on failure or timeout."""
     from ray import serve
 
+    from orchestrator.metrics_hub import start_hub
+
+    start_hub()  # before the replicas, which look it up when they start
     app = build_application(loaded, plan, tuning)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     wait_until_running(len(plan.instances), timeout_s, on_progress)

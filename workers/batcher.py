@@ -30,12 +30,37 @@ logger = logging.getLogger(__name__)
 RunBatch = Callable[[list[Sequence[int]]], np.ndarray]
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """A request's vectors (input order) and where its time went.
+
+    Attributes:
+        queue_s: from submission to the start of the first batch holding one of its texts.
+        inference_s: from then until its last text was computed.
+    """
+
+    vectors: np.ndarray
+    queue_s: float
+    inference_s: float
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One computed batch, for metrics."""
+
+    texts: int
+    padded_tokens: int
+    seconds: float
+
+
 @dataclass
 class _Request:
     """One submitted request: its texts' slots and the future its caller awaits."""
 
     size: int
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Embedded]
+    submitted_at: float = 0.0
+    started_at: float | None = None
     vectors: list[np.ndarray | None] = field(default_factory=list)
     remaining: int = 0
 
@@ -71,6 +96,7 @@ class Batcher:
         batch_overhead_tokens: the fixed cost of one forward pass, in padded tokens (see ``form_batches``).
         clock: monotonic seconds (injected for tests).
         load_window_s: the window of the busy fraction.
+        on_batch: called on the event loop after each computed batch (metrics).
     """
 
     def __init__(
@@ -84,6 +110,7 @@ class Batcher:
         batch_overhead_tokens: float = 32.0,
         clock: Callable[[], float] = time.monotonic,
         load_window_s: float = 2.0,
+        on_batch: Callable[[BatchRecord], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
@@ -92,6 +119,7 @@ class Batcher:
         self._max_queued_texts = max_queued_texts
         self._batch_overhead_tokens = batch_overhead_tokens
         self._clock = clock
+        self._on_batch = on_batch
         self._load_window_s = load_window_s
         self._waiting: list[_Text] = []
         self._queued_texts = 0
@@ -108,8 +136,8 @@ class Batcher:
 
     # ---- submitting -------------------------------------------------------------------------------------------
 
-    async def submit(self, token_lists: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed the texts of one request; returns (len(token_lists), dim) float32 in input order.
+    async def submit(self, token_lists: Sequence[Sequence[int]]) -> Embedded:
+        """Embed the texts of one request: (len(token_lists), dim) float32 vectors in input order, and timings.
 
         Raises Overloaded when the queue cannot take them all, BackendFailure when the model fails. Cancelling the
         caller drops its texts that have not started computing.
@@ -121,7 +149,9 @@ class Batcher:
                 f"instance queue full ({self._queued_texts} texts waiting, limit {self._max_queued_texts}); retry later"
             )
         self._ensure_loop()
-        request = _Request(size=len(token_lists), future=asyncio.get_running_loop().create_future())
+        request = _Request(
+            size=len(token_lists), future=asyncio.get_running_loop().create_future(), submitted_at=self._clock()
+        )
         request.vectors = [None] * len(token_lists)
         request.remaining = len(token_lists)
         self._waiting.extend(_Text(request, index, tokens) for index, tokens in enumerate(token_lists))
@@ -200,6 +230,10 @@ class Batcher:
     async def _compute(self, batch: list[_Text]) -> None:
         loop = asyncio.get_running_loop()
         self._mark_busy(+1)
+        started = self._clock()
+        for text in batch:
+            if text.request.started_at is None:
+                text.request.started_at = started
         try:
             vectors = await loop.run_in_executor(self._executor, self._run_batch, [t.tokens for t in batch])
         except Exception as error:  # the model failed: fail these requests, keep serving the others
@@ -209,14 +243,25 @@ class Batcher:
                 if not text.request.future.done():
                     text.request.future.set_exception(failure)
         else:
+            finished = self._clock()
             self._batches_done += 1
             self._texts_done += len(batch)
+            if self._on_batch is not None:
+                padded = len(batch) * max(len(t.tokens) for t in batch)
+                self._on_batch(BatchRecord(texts=len(batch), padded_tokens=padded, seconds=finished - started))
             for text, vector in zip(batch, vectors, strict=True):
                 request = text.request
                 request.vectors[text.index] = vector
                 request.remaining -= 1
                 if request.remaining == 0 and not request.future.done():
-                    request.future.set_result(np.stack(request.vectors))  # type: ignore[arg-type]
+                    began = request.started_at if request.started_at is not None else finished
+                    request.future.set_result(
+                        Embedded(
+                            vectors=np.stack(request.vectors),  # type: ignore[arg-type]
+                            queue_s=began - request.submitted_at,
+                            inference_s=finished - began,
+                        )
+                    )
         finally:
             self._queued_texts -= len(batch)
             self._mark_busy(-1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -27,7 +29,10 @@ from orchestrator.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
+from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
 from workers.service import EmbeddingService, EmbedResult
+
+ReportsSource = Callable[[], Awaitable[list[InstanceReport]]]
 
 logger = logging.getLogger(__name__)
 
@@ -122,18 +127,59 @@ def _timing_headers(service: EmbeddingService, result: EmbedResult) -> dict[str,
     return {
         "x-instance": service.info.instance,
         "x-compute-tokens": str(result.prompt_tokens),
-        "x-total-time": f"{result.queue_and_compute_s * 1000:.2f}",
+        "x-queue-time": f"{result.queue_s * 1000:.2f}",
+        "x-inference-time": f"{result.inference_s * 1000:.2f}",
     }
+
+
+def _with_result(response: Response, result: EmbedResult) -> Response:
+    response.embed_result = result  # type: ignore[attr-defined]  # read by _instrumented for the metrics
+    return response
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {JSON: {"schema": model.model_json_schema()}}}}
 
 
-def build_app(service: EmbeddingService) -> FastAPI:
-    """The ASGI app of one instance, bound to its embedding service."""
+async def _instrumented(service: EmbeddingService, route: str, handle: Callable[[], Awaitable[Response]]) -> Response:
+    """Count the request and its outcome in the instance's metrics; errors still reach the one error mapping."""
+    metrics = service.metrics
+    started = time.perf_counter()
+    metrics.request_started(route)
+    try:
+        response = await handle()
+    except OrchestratorError as error:
+        metrics.request_finished(time.perf_counter() - started, error_type=error.error_type)
+        raise
+    except Exception:
+        metrics.request_finished(time.perf_counter() - started, error_type="Internal")
+        raise
+    result: EmbedResult | None = getattr(response, "embed_result", None)
+    if result is None:
+        metrics.request_finished(time.perf_counter() - started)
+    else:
+        metrics.request_finished(
+            time.perf_counter() - started,
+            embeddings=len(result.vectors),
+            tokens=result.prompt_tokens,
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+        )
+    return response
+
+
+def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -> FastAPI:
+    """The ASGI app of one instance, bound to its embedding service.
+
+    ``reports`` returns every instance's metrics (the metrics hub); without it, only this instance is shown.
+    """
     app = FastAPI(title="mig-orchestrator", version="0.1.0", docs_url=None, redoc_url=None)
     info = service.info
+
+    async def local_reports() -> list[InstanceReport]:
+        return [InstanceReport(labels=service.labels, snapshot=service.snapshot(), rates={}, age_s=0.0)]
+
+    all_reports = reports or local_reports
 
     @app.exception_handler(OrchestratorError)
     async def _on_error(request: Request, error: OrchestratorError) -> Response:
@@ -158,6 +204,9 @@ def build_app(service: EmbeddingService) -> FastAPI:
 
     @app.post("/v1/embeddings", openapi_extra=_body_schema(OpenAIEmbeddingRequest))
     async def openai_embeddings(request: Request) -> Response:
+        return await _instrumented(service, "/v1/embeddings", lambda: _openai(request))
+
+    async def _openai(request: Request) -> Response:
         body: OpenAIEmbeddingRequest = _parse(
             OpenAIEmbeddingRequest, await _read_json_body(request, info.max_request_bytes)
         )
@@ -190,10 +239,13 @@ def build_app(service: EmbeddingService) -> FastAPI:
             "model": info.model_name,
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
-        return _json(payload, headers=_timing_headers(service, result))
+        return _with_result(_json(payload, headers=_timing_headers(service, result)), result)
 
     @app.post("/embed", openapi_extra=_body_schema(TEIEmbedRequest))
     async def tei_embed(request: Request) -> Response:
+        return await _instrumented(service, "/embed", lambda: _tei(request))
+
+    async def _tei(request: Request) -> Response:
         body: TEIEmbedRequest = _parse(TEIEmbedRequest, await _read_json_body(request, info.max_request_bytes))
         inputs = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         _check_count(service, inputs)
@@ -208,7 +260,17 @@ def build_app(service: EmbeddingService) -> FastAPI:
             normalize=body.normalize,
             dimensions=body.dimensions,
         )
-        return _json(result.vectors, headers=_timing_headers(service, result))
+        return _with_result(_json(result.vectors, headers=_timing_headers(service, result)), result)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(render_prometheus(await all_reports()), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/instances")
+    async def instances() -> Response:
+        return _json(instances_view(await all_reports()))
 
     @app.get("/health")
     async def health() -> Response:

@@ -7,6 +7,8 @@ FastAPI app (late-bound ingress), so the proxy's router hands requests straight 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,13 @@ from typing import Any
 from ray import serve
 
 from orchestrator.errors import Unhealthy
+from orchestrator.metrics_hub import find_hub
 from orchestrator.planner import Plan, PlannedInstance
 from workers.http_api import build_app
 
 logger = logging.getLogger(__name__)
+
+PUSH_PERIOD_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     from workers.backend import TorchBackend
     from workers.batcher import Batcher
     from workers.calibration import measure_batch_overhead_tokens
+    from workers.instance_metrics import InstanceMetrics
     from workers.model_card import read_model_card
     from workers.pinning import pin_to_cpu_pool, pin_to_gpu_device
     from workers.service import EmbeddingService, ServiceInfo
@@ -69,6 +75,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     else:
         backend.embed([row])
     logger.info("instance %s: a forward pass costs as much as %.0f padded tokens", instance.name, overhead)
+    metrics = InstanceMetrics()
     batcher = Batcher(
         backend.embed,
         max_batch_size=instance.batch_size,
@@ -77,6 +84,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         max_queued_texts=instance.max_queued_texts,
         max_concurrency=instance.max_concurrency,
         batch_overhead_tokens=overhead,
+        on_batch=lambda record: metrics.batch_done(record.texts, record.padded_tokens, record.seconds),
     )
     info = ServiceInfo(
         model_name=spec.model_name,
@@ -89,7 +97,30 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         pooling=card.pooling,
         backend=backend.info,
     )
-    return EmbeddingService(tokenizer, batcher, info)
+    return EmbeddingService(
+        tokenizer, batcher, info, metrics=metrics, labels=metric_labels(spec, instance), capacity=instance.capacity
+    )
+
+
+def metric_labels(spec: ReplicaSpec, instance: PlannedInstance) -> dict[str, str]:
+    """The instance's identity on every metric; GPU instances carry dcgm-exporter's label names and values."""
+    import socket
+
+    labels = {
+        "instance": instance.name,
+        "model": spec.model_name,
+        "node": socket.gethostname(),
+        "device_kind": instance.device,
+    }
+    if instance.gpu is not None:
+        gpu = instance.gpu
+        labels.update(
+            gpu=str(gpu.gpu_index),
+            UUID=gpu.gpu_uuid,
+            GPU_I_ID="" if gpu.gpu_instance_id is None else str(gpu.gpu_instance_id),
+            GPU_I_PROFILE=gpu.profile if gpu.kind == "mig" else "",
+        )
+    return labels
 
 
 @serve.ingress()
@@ -100,13 +131,38 @@ class EmbeddingReplica:
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_rank(self._rank)
         self._service = build_instance_service(spec, self._instance)
+        self._hub = find_hub()
+        self._push_task: asyncio.Task[None] | None = None
+        # Serve constructs replicas on their user-code event loop: start pushing metrics right away (elsewhere,
+        # with no running loop, the first routing-stats pull starts it).
+        with contextlib.suppress(RuntimeError):
+            self._ensure_pushing()
         logger.info("instance %s ready on cores %s", self._instance.name, self._instance.cpu_cores)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_app(self._service)
+        return build_app(self._service, self._hub_reports if self._hub is not None else None)
 
-    def record_routing_stats(self) -> dict[str, Any]:
+    async def _hub_reports(self) -> list[Any]:
+        self._ensure_pushing()
+        await self._hub.push.remote(self._service.labels, self._service.snapshot())
+        return await self._hub.reports.remote()
+
+    def _ensure_pushing(self) -> None:
+        if self._hub is not None and (self._push_task is None or self._push_task.done()):
+            self._push_task = asyncio.get_running_loop().create_task(self._push_forever())
+
+    async def _push_forever(self) -> None:
+        """Send this instance's snapshot to the hub about once a second, off the request path."""
+        while True:
+            try:
+                await self._hub.push.remote(self._service.labels, self._service.snapshot())
+            except Exception:  # the hub restarting must not hurt serving
+                logger.warning("metrics hub unreachable; retrying", exc_info=True)
+            await asyncio.sleep(PUSH_PERIOD_S)
+
+    async def record_routing_stats(self) -> dict[str, Any]:
         """Pulled by the router every stats period: the balancer's load input and the queue."""
+        self._ensure_pushing()  # runs on the replica's loop: a convenient place to start the metrics pusher
         stats = self._service.batcher.stats()
         return {"load": stats.load, "queued_texts": stats.queued_texts}
 

@@ -5,16 +5,29 @@ It is what the HTTP layer calls; it knows nothing of HTTP or Ray, so tests can d
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from orchestrator.errors import ValidationFailed
 from workers.backend import BackendInfo
 from workers.batcher import Batcher
+from workers.instance_metrics import InstanceMetrics
 from workers.tokenizer import TextTokenizer
+
+
+def process_memory() -> tuple[int | None, int | None]:
+    """(resident bytes of this process, None): what a CPU pool reports as its memory."""
+    try:
+        with open("/proc/self/statm") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None, None
+    import os
+
+    return resident_pages * os.sysconf("SC_PAGE_SIZE"), None
 
 
 @dataclass(frozen=True)
@@ -34,20 +47,46 @@ class ServiceInfo:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """Vectors in input order plus accounting for the response."""
+    """Vectors in input order plus accounting for the response (TEI-style timing headers, metrics)."""
 
     vectors: np.ndarray
     prompt_tokens: int
-    queue_and_compute_s: float
+    queue_s: float
+    inference_s: float
 
 
 class EmbeddingService:
     """Tokenise, batch and post-process for one instance."""
 
-    def __init__(self, tokenizer: TextTokenizer, batcher: Batcher, info: ServiceInfo) -> None:
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        batcher: Batcher,
+        info: ServiceInfo,
+        metrics: InstanceMetrics | None = None,
+        labels: dict[str, str] | None = None,
+        capacity: int | None = None,
+        memory_probe: Callable[[], tuple[int | None, int | None]] = process_memory,
+    ) -> None:
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.info = info
+        self.metrics = metrics or InstanceMetrics()
+        self.labels = labels or {"instance": info.instance, "model": info.model_name, "device_kind": "cpu"}
+        self._capacity = capacity
+        self._memory_probe = memory_probe
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, histograms and the gauges of this instance now (for the metrics hub)."""
+        stats = self.batcher.stats()
+        used, total = self._memory_probe()
+        return self.metrics.snapshot(
+            load=stats.load,
+            queued_texts=stats.queued_texts,
+            memory_used_bytes=used,
+            memory_total_bytes=total,
+            capacity=self._capacity,
+        )
 
     async def embed(
         self,
@@ -74,9 +113,8 @@ class EmbeddingService:
             ]
         else:
             token_lists = self.tokenizer.encode(inputs, truncate, direction)  # type: ignore[arg-type]
-        started = time.perf_counter()
-        vectors = await self.batcher.submit(token_lists)
-        elapsed = time.perf_counter() - started
+        embedded = await self.batcher.submit(token_lists)
+        vectors = embedded.vectors
         if dimensions is not None and dimensions < full:
             vectors = vectors[:, :dimensions]
         if normalize:
@@ -85,5 +123,6 @@ class EmbeddingService:
         return EmbedResult(
             vectors=np.ascontiguousarray(vectors, dtype=np.float32),
             prompt_tokens=sum(len(ids) for ids in token_lists),
-            queue_and_compute_s=elapsed,
+            queue_s=embedded.queue_s,
+            inference_s=embedded.inference_s,
         )

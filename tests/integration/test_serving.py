@@ -109,3 +109,30 @@ def test_concurrent_load_is_spread_over_both_pools(served) -> None:
     counts = {name: served_by.count(name) for name in set(served_by)}
     assert set(counts) == {i.name for i in placement.instances}
     assert min(counts.values()) >= len(served_by) // 4, counts
+
+
+def test_metrics_and_instances_show_every_instance(served) -> None:
+    import time
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, _, placement = served
+    asyncio.run(_burst(url, sentences(32, seed=9), clients=4, requests_each=2))
+    post(f"{url}/embed", {"inputs": []})  # one failure
+    names = {i.name for i in placement.instances}
+    deadline = time.monotonic() + 30
+    while True:  # replicas push about once a second
+        view = http.request("GET", f"{url}/instances").json()
+        stats = view["instance_stats"]
+        if set(stats) == names and sum(s["failures"].get("Empty", 0) for s in stats.values()) >= 1:
+            break
+        assert time.monotonic() < deadline, view
+        time.sleep(0.5)
+    response = http.request("GET", f"{url}/metrics")
+    assert response.status == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.data.decode())}
+    served_by = {s.labels["instance"] for s in families["orchestrator_embeddings"].samples if s.value > 0}
+    assert served_by == names
+    assert all(s.labels["device_kind"] == "cpu" and s.labels["node"] for s in families["orchestrator_up"].samples)
+    embedded = sum(s.value for s in families["orchestrator_embeddings"].samples)
+    assert embedded >= 32 and sum(v["requests"] for v in stats.values()) >= 9

@@ -30,7 +30,7 @@ async def test_results_come_back_in_input_order() -> None:
     backend = FakeBackend()
     batcher = make(backend)
     request = [tokens(5), tokens(2), tokens(9), tokens(1)]
-    vectors = await batcher.submit(request)
+    vectors = (await batcher.submit(request)).vectors
     assert np.array_equal(vectors, np.stack([fake_vector(t) for t in request]))
     await batcher.close()
 
@@ -40,8 +40,8 @@ async def test_concurrent_requests_are_merged_and_sorted_by_length() -> None:
     batcher = make(backend, max_batch_size=4)
     requests = [[tokens(10), tokens(3)], [tokens(7), tokens(1)], [tokens(5), tokens(2)]]
     results = await asyncio.gather(*(batcher.submit(r) for r in requests))
-    for request, vectors in zip(requests, results, strict=True):
-        assert np.array_equal(vectors, np.stack([fake_vector(t) for t in request]))
+    for request, result in zip(requests, results, strict=True):
+        assert np.array_equal(result.vectors, np.stack([fake_vector(t) for t in request]))
     lengths = [[len(t) for t in batch] for batch in backend.batches]
     # One round across requests, sorted by length; of the two-batch cuts, the one with least padding.
     assert lengths == [[1, 2, 3], [5, 7, 10]]
@@ -107,8 +107,8 @@ async def test_full_queue_refuses_with_overloaded() -> None:
         await batcher.submit([tokens(2)] * 3)
     small = asyncio.create_task(batcher.submit([tokens(2)] * 2))
     backend.gate.set()
-    assert (await first).shape == (4, 8)
-    assert (await small).shape == (2, 8)
+    assert (await first).vectors.shape == (4, 8)
+    assert (await small).vectors.shape == (2, 8)
     assert batcher.stats().queued_texts == 0
     await batcher.close()
 
@@ -139,7 +139,7 @@ async def test_model_failure_fails_only_its_batch() -> None:
     backend.fail_next = True
     with pytest.raises(BackendFailure, match="simulated model failure"):
         await batcher.submit([tokens(2)])
-    assert (await batcher.submit([tokens(2)])).shape == (1, 8)
+    assert (await batcher.submit([tokens(2)])).vectors.shape == (1, 8)
     await batcher.close()
 
 
@@ -180,4 +180,21 @@ async def test_empty_submit_is_a_programming_error() -> None:
     batcher = make(FakeBackend())
     with pytest.raises(ValueError):
         await batcher.submit([])
+    await batcher.close()
+
+
+async def test_timings_and_batch_records() -> None:
+    clock = ManualClock(5.0)
+    records = []
+    backend = FakeBackend()
+
+    def slow_model(batch):
+        clock.now += 0.25  # each batch "takes" 250 ms on the injected clock
+        return backend.embed(batch)
+
+    batcher = Batcher(slow_model, 1, 100, 0, 10, clock=clock, on_batch=records.append)
+    result = await batcher.submit([tokens(3), tokens(5)])
+    assert result.queue_s == 0.0
+    assert result.inference_s == pytest.approx(0.5)  # two batches of one text, one after the other
+    assert [(r.texts, r.padded_tokens, r.seconds) for r in records] == [(1, 3, 0.25), (1, 5, 0.25)]
     await batcher.close()

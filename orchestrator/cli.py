@@ -181,9 +181,11 @@ def up_command(
 
 def _register_gpu_commands() -> None:
     from orchestrator.cli_gpu import doctor_command, mig_app
+    from orchestrator.cli_status import status_command
 
     app.add_typer(mig_app, name="mig")
     app.command("doctor")(doctor_command)
+    app.command("status")(status_command)
 
 
 _register_gpu_commands()

@@ -136,3 +136,17 @@ def test_metrics_and_instances_show_every_instance(served) -> None:
     assert all(s.labels["device_kind"] == "cpu" and s.labels["node"] for s in families["orchestrator_up"].samples)
     embedded = sum(s.value for s in families["orchestrator_embeddings"].samples)
     assert embedded >= 32 and sum(v["requests"] for v in stats.values()) >= 9
+
+
+def test_status_command_prints_every_instance(served) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    url, _, placement = served
+    post(f"{url}/embed", {"inputs": "warm the counters"})
+    result = CliRunner().invoke(app, ["status", "--url", url])
+    assert result.exit_code == 0, result.output
+    for instance in placement.instances:
+        assert instance.name in result.output
+    assert "emb/s" in result.output and "error rate" in result.output

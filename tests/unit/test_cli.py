@@ -104,3 +104,11 @@ def test_doctor_exit_code_follows_failures(monkeypatch) -> None:
     healthy = dataclasses.replace(topo(a100()), driver_version="550.54.15")
     monkeypatch.setattr(cli_gpu, "probe_topology", lambda: healthy)
     assert runner.invoke(app, ["doctor"]).exit_code == 0
+
+
+def test_status_without_a_service_is_one_line() -> None:
+    from tests.integration.conftest import free_port
+
+    result = runner.invoke(app, ["status", "--url", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 1
+    assert "no orchestrator answers at" in result.output and "start it with orchestrator up" in result.output

@@ -7,6 +7,7 @@ started), 1 means starting failed.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -56,7 +57,8 @@ def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedCo
             server = loaded.config.server.model_copy(update={"port": port})
             loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
         topology = probe_topology()
-        placement = plan(loaded.config, topology, loaded.footprint)
+        flash_available = importlib.util.find_spec("flash_attn") is not None
+        placement = plan(loaded.config, topology, loaded.footprint, flash_available)
     except (ConfigError, PlanError) as error:
         raise _fail(error.message, 2) from None
     return loaded, placement, topology.gpu_note

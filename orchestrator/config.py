@@ -38,6 +38,19 @@ class ModelConfig(_Strict):
     normalize: bool = True
     max_input_tokens: PositiveInt | None = Field(None, description="Default: the model's own limit.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when flash-attn imports, else sdpa, else eager."
+    )
+    padding_side: Literal["right", "left"] = Field(
+        "right", description="Either gives the same vectors (positions are computed from the mask)."
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Named prompts, added to (or replacing) the model folder's own."
+    )
+    default_prompt_name: str | None = Field(None, description="Prompt used when a request names none.")
+    tensor_parallel_size: PositiveInt = Field(
+        1, description="Validated against the model's attention and key-value heads; only 1 is served yet."
+    )
 
     @model_validator(mode="after")
     def _path_wins_over_default_package(self) -> ModelConfig:

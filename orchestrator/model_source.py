@@ -76,6 +76,9 @@ class ModelFootprint:
 
     parameters: int
     stored_dtype_bytes: int
+    model_type: str = "unknown"
+    attention_heads: int | None = None
+    key_value_heads: int | None = None
 
     def gpu_memory_mb(self, dtype_bytes: int) -> int:
         """Estimated GPU memory to serve it: weights at ``dtype_bytes`` plus slack and a fixed headroom."""
@@ -97,4 +100,12 @@ def measure_footprint(folder: Path) -> ModelFootprint:
         for path in folder.glob(pattern)
         if path.is_file()
     )
-    return ModelFootprint(parameters=size // stored, stored_dtype_bytes=stored)
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    return ModelFootprint(
+        parameters=size // stored,
+        stored_dtype_bytes=stored,
+        model_type=str(config.get("model_type", "unknown")),
+        attention_heads=int(heads) if heads else None,
+        key_value_heads=int(kv_heads) if kv_heads else None,
+    )

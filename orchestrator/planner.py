@@ -174,7 +174,35 @@ def plan_cpu_pools(
     return planned, notes
 
 
-def plan(config: Config, topology: Topology, footprint: ModelFootprint | None = None) -> Plan:
+def check_engine(
+    config: Config, planned: list[PlannedInstance], footprint: ModelFootprint | None, flash_available: bool
+) -> None:
+    """Refuse, one line each, dtype/attention overrides that cannot work on an instance's device, and a
+    tensor_parallel_size the model's heads do not allow."""
+    from orchestrator.engine_choice import EngineChoiceError, check_tensor_parallel, choose_engine
+
+    model = config.model
+    model_type = footprint.model_type if footprint is not None else "unknown"
+    problems = []
+    for device in sorted({"cpu" if p.gpu is None else "cuda" for p in planned}):
+        try:
+            choose_engine(device, model_type, model.dtype, model.attn_implementation, flash_available)
+        except EngineChoiceError as error:
+            who = [p.name for p in planned if ("cpu" if p.gpu is None else "cuda") == device]
+            problems.append(f"model: {error} (instances {', '.join(who)})")
+    try:
+        heads = footprint.attention_heads if footprint is not None else None
+        kv_heads = footprint.key_value_heads if footprint is not None else None
+        check_tensor_parallel(model.tensor_parallel_size, heads, kv_heads)
+    except EngineChoiceError as error:
+        problems.append(f"model.tensor_parallel_size: {error}")
+    if problems:
+        raise PlanError("\n".join(problems))
+
+
+def plan(
+    config: Config, topology: Topology, footprint: ModelFootprint | None = None, flash_available: bool = False
+) -> Plan:
     """Place every configured instance on the hardware found.
 
     Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
@@ -186,6 +214,7 @@ def plan(config: Config, topology: Topology, footprint: ModelFootprint | None = 
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
         if not planned:
             raise PlanError("no instance could be placed on the CPU pools")
+        check_engine(config, planned, footprint, flash_available)
         return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes))
 
     from orchestrator.mig_planner import plan_gpu_instances
@@ -197,5 +226,6 @@ def plan(config: Config, topology: Topology, footprint: ModelFootprint | None = 
         cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
         planned += cpu_planned
         notes += cpu_notes
+    check_engine(config, planned, footprint, flash_available)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes))

@@ -25,6 +25,7 @@ class BackendInfo:
     dtype: str
     device: str
     backend: str
+    attn_implementation: str = "n/a"
 
 
 class EmbeddingBackend(Protocol):
@@ -37,15 +38,20 @@ class EmbeddingBackend(Protocol):
         ...
 
 
-def pad_batch(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token ids into (ids, attention mask) int64 arrays."""
+def pad_batch(batch: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
+    """Pad token ids on ``side`` into (ids, attention mask) int64 arrays."""
     width = max(len(ids) for ids in batch)
     input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(batch), width), dtype=np.int64)
     for row, ids in enumerate(batch):
-        input_ids[row, : len(ids)] = ids
-        mask[row, : len(ids)] = 1
+        columns = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
+        input_ids[row, columns] = ids
+        mask[row, columns] = 1
     return input_ids, mask
+
+
+# Models that derive positions from the input ids themselves (RoBERTa-style, padding-aware).
+_POSITIONS_FROM_IDS = frozenset({"mpnet", "roberta", "xlm-roberta", "camembert"})
 
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -54,30 +60,52 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 class TorchBackend:
     """A transformers encoder (or decoder) run under torch.inference_mode with pooling from the model card."""
 
-    def __init__(self, folder: Path, pooling: str, dtype: str = "auto", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        pooling: str,
+        dtype: str = "float32",
+        device: str = "cpu",
+        attn_implementation: str = "sdpa",
+        padding_side: str = "right",
+    ) -> None:
+        """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/engine_choice.py)."""
         import torch
         from transformers import AutoConfig, AutoModel
 
-        if dtype == "auto":
-            dtype = "float32" if device == "cpu" else "float16"
         torch_dtype = getattr(torch, _DTYPES[dtype])
         model_config = AutoConfig.from_pretrained(folder)
-        self._pad_id = int(getattr(model_config, "pad_token_id", None) or 0)
-        self._model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation="sdpa").to(device)
-        self._model.eval()
+        pad = getattr(model_config, "pad_token_id", None)
+        eos = getattr(model_config, "eos_token_id", None)
+        fallback = eos[0] if isinstance(eos, list) and eos else eos
+        self._pad_id = int(pad if pad is not None else (fallback or 0))
+        self._model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
+        self._model.to(device).eval()
         self._pooling = pooling
         self._device = device
-        self.info = BackendInfo(dimensions=int(model_config.hidden_size), dtype=dtype, device=device, backend="torch")
+        self._padding_side = padding_side
+        # Left padding shifts every row's positions unless the model derives them from the mask itself.
+        self._explicit_positions = padding_side == "left" and model_config.model_type not in _POSITIONS_FROM_IDS
+        self.info = BackendInfo(
+            dimensions=int(model_config.hidden_size),
+            dtype=dtype,
+            device=device,
+            backend="torch",
+            attn_implementation=attn_implementation,
+        )
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
         from workers.pooling import pool
 
-        input_ids, mask = pad_batch(batch, self._pad_id)
+        input_ids, mask = pad_batch(batch, self._pad_id, self._padding_side)
         with torch.inference_mode():
             ids_tensor = torch.from_numpy(input_ids).to(self._device)
             mask_tensor = torch.from_numpy(mask).to(self._device)
-            hidden = self._model(input_ids=ids_tensor, attention_mask=mask_tensor).last_hidden_state
+            extra = {}
+            if self._explicit_positions:
+                extra["position_ids"] = (mask_tensor.cumsum(1) - 1).clamp(min=0)
+            hidden = self._model(input_ids=ids_tensor, attention_mask=mask_tensor, **extra).last_hidden_state
             pooled = pool(hidden, mask_tensor, self._pooling)
             return pooled.float().cpu().numpy()

@@ -49,6 +49,9 @@ class OpenAIEmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[StrictInt, Field(gt=0)] | None = None
     user: StrictStr | None = None
+    prompt_name: StrictStr | None = Field(
+        None, description="Extension: a named prompt of the model (e.g. 'query' for Qwen3-Embedding)."
+    )
 
 
 class TEIEmbedRequest(BaseModel):
@@ -223,8 +226,14 @@ def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -
         _check_count(service, inputs)
         if any(len(item) == 0 for item in inputs):
             raise EmptyInput("input contains an empty text; every input needs at least one character or token")
+        if pre_tokenized and body.prompt_name is not None:
+            raise ValidationFailed("prompt_name cannot be combined with token-id input: put the prompt's tokens in")
         result = await service.embed(
-            inputs, pre_tokenized=pre_tokenized, normalize=info.normalize_by_default, dimensions=body.dimensions
+            inputs,
+            pre_tokenized=pre_tokenized,
+            normalize=info.normalize_by_default,
+            dimensions=body.dimensions,
+            prompt_name=body.prompt_name,
         )
         if body.encoding_format == "base64":
             data = [
@@ -251,14 +260,13 @@ def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -
         _check_count(service, inputs)
         if any(not text for text in inputs):
             raise EmptyInput("inputs contains an empty text; every input needs at least one character")
-        if body.prompt_name is not None:
-            raise ValidationFailed(f"prompt_name {body.prompt_name!r}: this model defines no named prompts")
         result = await service.embed(
             inputs,
             truncate=bool(body.truncate),
             direction=body.truncation_direction.lower(),
             normalize=body.normalize,
             dimensions=body.dimensions,
+            prompt_name=body.prompt_name,
         )
         return _with_result(_json(result.vectors, headers=_timing_headers(service, result)), result)
 
@@ -287,6 +295,9 @@ def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -
                 "dtype": info.backend.dtype,
                 "device": info.backend.device,
                 "backend": info.backend.backend,
+                "attn_implementation": info.backend.attn_implementation,
+                "prompts": info.prompts,
+                "default_prompt_name": info.default_prompt_name,
                 "max_input_length": info.max_input_tokens,
                 "max_batch_tokens": info.max_batch_tokens,
                 "max_client_batch_size": info.max_inputs_per_request,

@@ -7,7 +7,7 @@ Pooling comes from sentence-transformers' ``modules.json`` and ``1_Pooling/confi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,17 @@ class ModelCard:
         normalize_by_default: whether sentence-transformers would L2-normalise (a Normalize module is listed).
         max_input_tokens: the longest input (special tokens included) the model is used with.
         model_type: the transformers ``model_type`` (``bert``, ``mpnet``, ``qwen3``...).
+        prompts / default_prompt_name: sentence-transformers' named prompts (Qwen3-Embedding: ``query``).
+        eos_token_id: the end-of-text token (last-token pooling pools it).
     """
 
     pooling: str
     normalize_by_default: bool
     max_input_tokens: int
     model_type: str
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    eos_token_id: int | None = None
 
 
 def _read_json(path: Path) -> Any:
@@ -49,7 +54,13 @@ def _pooling_folder(folder: Path, modules: list[dict[str, Any]] | None) -> Path:
     return folder / "1_Pooling"
 
 
-def read_model_card(folder: Path, pooling_override: str = "auto", max_tokens_override: int | None = None) -> ModelCard:
+def read_model_card(
+    folder: Path,
+    pooling_override: str = "auto",
+    max_tokens_override: int | None = None,
+    extra_prompts: dict[str, str] | None = None,
+    default_prompt_override: str | None = None,
+) -> ModelCard:
     """Read pooling, normalisation and input limit from ``folder``, applying the config's overrides.
 
     Without any sentence-transformers files, decoder models (Qwen3 and kin) pool the last token, encoders the mean.
@@ -68,9 +79,19 @@ def read_model_card(folder: Path, pooling_override: str = "auto", max_tokens_ove
     if limit is None:
         st_config = _read_json(folder / "sentence_bert_config.json") or {}
         limit = st_config.get("max_seq_length") or config.get("max_position_embeddings") or 512
+    st_settings = _read_json(folder / "config_sentence_transformers.json") or {}
+    prompts = {**(st_settings.get("prompts") or {}), **(extra_prompts or {})}
+    default_prompt = default_prompt_override or st_settings.get("default_prompt_name") or None
+    if default_prompt is not None and default_prompt not in prompts:
+        raise ValueError(f"default prompt {default_prompt!r} is not among the prompts ({', '.join(prompts) or 'none'})")
+    eos = config.get("eos_token_id")
+    eos_id = eos[0] if isinstance(eos, list) and eos else eos
     return ModelCard(
         pooling=pooling,
         normalize_by_default=normalize or modules is None,
         max_input_tokens=int(limit),
         model_type=model_type,
+        prompts=prompts,
+        default_prompt_name=default_prompt,
+        eos_token_id=int(eos_id) if isinstance(eos_id, int) else None,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ class ReplicaSpec:
     model_name: str
     pooling: str
     dtype: str
+    attn_implementation: str
+    padding_side: str
+    prompts: dict[str, str]
+    default_prompt_name: str | None
     max_input_tokens: int | None
     normalize: bool
     max_inputs_per_request: int
@@ -48,6 +53,7 @@ def _current_rank() -> int:
 
 def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     """Pin to the instance's pool, load the model and return its EmbeddingService."""
+    from orchestrator.engine_choice import choose_engine
     from workers.backend import TorchBackend
     from workers.batcher import Batcher
     from workers.calibration import measure_batch_overhead_tokens
@@ -63,9 +69,16 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         device = "cuda"
     pin_to_cpu_pool(instance.cpu_cores, instance.threads)
     folder = Path(spec.model_folder)
-    card = read_model_card(folder, spec.pooling, spec.max_input_tokens)
-    tokenizer = TextTokenizer(folder, card.max_input_tokens)
-    backend = TorchBackend(folder, card.pooling, spec.dtype, device=device)
+    card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
+    tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
+    engine = choose_engine(
+        device,
+        card.model_type,
+        spec.dtype,
+        spec.attn_implementation,
+        importlib.util.find_spec("flash_attn") is not None,
+    )
+    backend = TorchBackend(folder, card.pooling, engine.dtype, device, engine.attn_implementation, spec.padding_side)
     # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
     # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
     row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
@@ -96,6 +109,8 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         normalize_by_default=spec.normalize,
         pooling=card.pooling,
         backend=backend.info,
+        prompts=card.prompts,
+        default_prompt_name=card.default_prompt_name,
     )
     return EmbeddingService(
         tokenizer, batcher, info, metrics=metrics, labels=metric_labels(spec, instance), capacity=instance.capacity

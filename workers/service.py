@@ -6,7 +6,7 @@ It is what the HTTP layer calls; it knows nothing of HTTP or Ray, so tests can d
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,8 @@ class ServiceInfo:
     normalize_by_default: bool
     pooling: str
     backend: BackendInfo
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,17 @@ class EmbeddingService:
         self._capacity = capacity
         self._memory_probe = memory_probe
 
+    def prompt_text(self, prompt_name: str | None) -> str:
+        """The named prompt (or the default one); ValidationFailed lists the names when it is unknown."""
+        name = prompt_name if prompt_name is not None else self.info.default_prompt_name
+        if name is None:
+            return ""
+        try:
+            return self.info.prompts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.info.prompts)) or "none (add model.prompts to the config)"
+            raise ValidationFailed(f"prompt_name {name!r} is not defined for this model; defined: {known}") from None
+
     def snapshot(self) -> dict[str, Any]:
         """Counters, histograms and the gauges of this instance now (for the metrics hub)."""
         stats = self.batcher.stats()
@@ -97,6 +110,7 @@ class EmbeddingService:
         direction: str = "right",
         normalize: bool = True,
         dimensions: int | None = None,
+        prompt_name: str | None = None,
     ) -> EmbedResult:
         """Embed texts (or token id lists when ``pre_tokenized``).
 
@@ -112,7 +126,8 @@ class EmbeddingService:
                 for index, ids in enumerate(inputs)
             ]
         else:
-            token_lists = self.tokenizer.encode(inputs, truncate, direction)  # type: ignore[arg-type]
+            prompt = self.prompt_text(prompt_name)
+            token_lists = self.tokenizer.encode(inputs, truncate, direction, prompt)  # type: ignore[arg-type]
         embedded = await self.batcher.submit(token_lists)
         vectors = embedded.vectors
         if dimensions is not None and dimensions < full:

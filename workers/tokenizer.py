@@ -1,7 +1,11 @@
-"""Tokenisation with the model folder's fast tokenizer (``tokenizer.json``), truncation under our control.
+"""Tokenisation with the model folder's fast tokenizer (``tokenizer.json``), prompts and truncation under our control.
 
 Kept apart from the model so that the HTTP layer can count tokens and refuse too-long inputs before anything is
 queued. Only the ``tokenizers`` package is needed (no torch, no transformers).
+
+The special tokens the model expects around a single text (``[CLS] ... [SEP]``, ``<s> ... </s>``,
+``... <|endoftext|>``) are read once from the tokenizer's own post-processor; texts are then encoded without them,
+truncated on the requested side (never cutting into the prompt), and wrapped.
 """
 
 from __future__ import annotations
@@ -9,13 +13,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from orchestrator.errors import InputTooLong
+from orchestrator.errors import InputTooLong, ValidationFailed
+
+_PROBE_TEXT = "a"
 
 
 class TextTokenizer:
     """Turns texts into token ids including the model's special tokens, at most ``max_input_tokens`` long."""
 
-    def __init__(self, folder: Path, max_input_tokens: int) -> None:
+    def __init__(self, folder: Path, max_input_tokens: int, ensure_last_token: int | None = None) -> None:
+        """Load ``folder/tokenizer.json``.
+
+        ``ensure_last_token``: a token every sequence must end with (last-token pooling pools the end-of-text
+        token; some tokenizers do not append it, and then it is appended here).
+        """
         from tokenizers import Tokenizer
 
         path = folder / "tokenizer.json"
@@ -25,38 +36,64 @@ class TextTokenizer:
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
         self.max_input_tokens = max_input_tokens
-        self._special_tokens = (
-            self._tokenizer.post_processor.num_special_tokens_to_add(False)
-            if (self._tokenizer.post_processor is not None)
-            else 0
-        )
+        self._prefix, self._suffix = self._special_wrapping()
+        if ensure_last_token is not None and (self._suffix or [None])[-1] != ensure_last_token:
+            self._suffix = [*self._suffix, ensure_last_token]
 
-    def encode(self, texts: Sequence[str], truncate: bool, direction: str = "right") -> list[list[int]]:
+    def _special_wrapping(self) -> tuple[list[int], list[int]]:
+        """The special ids the post-processor puts before and after one text."""
+        wrapped = self._tokenizer.encode(_PROBE_TEXT, add_special_tokens=True).ids
+        content = self._tokenizer.encode(_PROBE_TEXT, add_special_tokens=False).ids
+        for start in range(len(wrapped) - len(content) + 1):
+            if wrapped[start : start + len(content)] == content:
+                return wrapped[:start], wrapped[start + len(content) :]
+        return [], []
+
+    @property
+    def special_tokens(self) -> int:
+        """Special tokens added around every text."""
+        return len(self._prefix) + len(self._suffix)
+
+    def encode(
+        self, texts: Sequence[str], truncate: bool, direction: str = "right", prompt: str = ""
+    ) -> list[list[int]]:
         """Token ids per text, special tokens included.
 
-        A text longer than the limit is cut on ``direction`` ('right' keeps the start) when ``truncate`` is true;
-        otherwise InputTooLong names the first offending input and the limit.
+        ``prompt`` goes before each text (Qwen3-Embedding: ``"Instruct: ...\\nQuery:"``); it counts toward the
+        limit and truncation never cuts into it. A text too long for the limit is cut on ``direction`` ('right'
+        keeps the start) when ``truncate`` is true; otherwise InputTooLong names the first offending input.
         """
-        content_limit = self.max_input_tokens - self._special_tokens
-        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        out: list[list[int]] = []
-        for index, encoding in enumerate(encodings):
-            if len(encoding.ids) > content_limit:
+        prompt_ids = self._tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+        limit = self.max_input_tokens - self.special_tokens
+        if len(prompt_ids) >= limit:
+            raise ValidationFailed(
+                f"the prompt alone has {len(prompt_ids)} tokens, the model's limit is {self.max_input_tokens}"
+            )
+        # Prompt and text are encoded as one string, as sentence-transformers does, so a token may span the seam.
+        joined = [e.ids for e in self._tokenizer.encode_batch([prompt + t for t in texts], add_special_tokens=False)]
+        out = []
+        for index, ids in enumerate(joined):
+            if len(ids) > limit:
                 if not truncate:
                     raise InputTooLong(
-                        f"input {index} has {len(encoding.ids) + self._special_tokens} tokens, more than the "
-                        f"model's limit of {self.max_input_tokens}; shorten it or set truncate to true"
+                        f"input {index} has {len(ids) + self.special_tokens} tokens, more than the model's limit of "
+                        f"{self.max_input_tokens}; shorten it or set truncate to true"
                     )
-                encoding.truncate(content_limit, direction=direction)
-            out.append(self._tokenizer.post_process(encoding).ids)
+                ids = self._truncate(ids, prompt_ids, limit, direction)
+            out.append([*self._prefix, *ids, *self._suffix])
         return out
+
+    @staticmethod
+    def _truncate(ids: list[int], prompt_ids: list[int], limit: int, direction: str) -> list[int]:
+        if direction == "right":
+            return ids[:limit]
+        keep = len(prompt_ids) if ids[: len(prompt_ids)] == prompt_ids else 0
+        return ids[:keep] + ids[len(ids) - (limit - keep) :]
 
     def check_token_ids(self, ids: Sequence[int], index: int, truncate: bool, direction: str = "right") -> list[int]:
         """Validate pre-tokenised input (used as given: no special tokens are added)."""
         vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
         if any(not 0 <= token < vocab for token in ids):
-            from orchestrator.errors import ValidationFailed
-
             raise ValidationFailed(f"input {index} has token ids outside the vocabulary (0..{vocab - 1})")
         if len(ids) > self.max_input_tokens:
             if not truncate:

@@ -1,0 +1,87 @@
+"""Pure choices of precision and attention per device, and the plan-time refusals of impossible overrides.
+
+TEI refuses Qwen3 anywhere but CUDA with fp16 and flash attention (seed 000). Here every family runs everywhere:
+``auto`` picks fp16 + flash_attention_2 on CUDA when flash-attn imports (sdpa otherwise), fp32 + sdpa on CPU, and
+eager for architectures without sdpa (MPNet). An explicit override that cannot work is refused when planning, in
+one line, instead of failing inside a replica.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Architectures whose transformers implementation lacks sdpa / flash attention (transformers 5.x).
+NO_SDPA = frozenset({"mpnet"})
+NO_FLASH = frozenset({"mpnet", "bert"})
+
+
+class EngineChoiceError(ValueError):
+    """An override that cannot work on this device or model; the message says which and what to use."""
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    dtype: str
+    attn_implementation: str
+
+
+def choose_engine(
+    device: str, model_type: str, dtype: str = "auto", attention: str = "auto", flash_available: bool = False
+) -> EngineChoice:
+    """Precision and attention for ``model_type`` on ``device`` (``cpu`` or ``cuda``), honouring overrides.
+
+    Raises EngineChoiceError for flash attention on CPU or without flash-attn, for an attention the architecture
+    lacks, and for float16 on CPU (slow, and not every CPU kernel has it: use float32 or bfloat16).
+    """
+    on_gpu = device != "cpu"
+    if dtype == "auto":
+        dtype = "float16" if on_gpu else "float32"
+    elif dtype == "float16" and not on_gpu:
+        raise EngineChoiceError("dtype float16 on a CPU pool: use float32 (or bfloat16 on CPUs with AVX-512 BF16)")
+    if attention == "auto":
+        if on_gpu and flash_available and model_type not in NO_FLASH and dtype in ("float16", "bfloat16"):
+            attention = "flash_attention_2"
+        elif model_type in NO_SDPA:
+            attention = "eager"
+        else:
+            attention = "sdpa"
+    elif attention == "flash_attention_2":
+        if not on_gpu:
+            raise EngineChoiceError("attn_implementation flash_attention_2 on a CPU pool: use sdpa or auto")
+        if model_type in NO_FLASH:
+            raise EngineChoiceError(f"{model_type} has no flash_attention_2 in transformers: use sdpa or auto")
+        if dtype == "float32":
+            raise EngineChoiceError("flash_attention_2 needs float16 or bfloat16, not float32")
+        if not flash_available:
+            raise EngineChoiceError(
+                "flash_attention_2 requested but flash-attn does not import here: pip install "
+                "'mig-orchestrator[gpu]' on the GPU node, or use auto"
+            )
+    elif attention == "sdpa" and model_type in NO_SDPA:
+        raise EngineChoiceError(f"{model_type} has no sdpa attention in transformers: use eager or auto")
+    return EngineChoice(dtype=dtype, attn_implementation=attention)
+
+
+def valid_tensor_parallel_sizes(attention_heads: int, key_value_heads: int | None = None) -> list[int]:
+    """Sizes that split both the attention heads and the key-value heads evenly (seed 004)."""
+    kv = key_value_heads or attention_heads
+    return [size for size in range(1, attention_heads + 1) if attention_heads % size == 0 and kv % size == 0]
+
+
+def check_tensor_parallel(size: int, attention_heads: int | None, key_value_heads: int | None) -> None:
+    """Raise EngineChoiceError unless ``size`` divides the heads; list the valid sizes."""
+    if size == 1:
+        return
+    if attention_heads is None:
+        raise EngineChoiceError(f"tensor_parallel_size {size}: the model config states no num_attention_heads")
+    valid = valid_tensor_parallel_sizes(attention_heads, key_value_heads)
+    if size not in valid:
+        kv = key_value_heads or attention_heads
+        raise EngineChoiceError(
+            f"tensor_parallel_size {size} does not divide the model's {attention_heads} attention heads and {kv} "
+            f"key-value heads; valid sizes: {', '.join(map(str, valid))}"
+        )
+    raise EngineChoiceError(
+        f"tensor_parallel_size {size} is valid for this model but serving one instance across GPUs is not "
+        "implemented yet: use 1 (one replica per slice or GPU)"
+    )

@@ -30,6 +30,7 @@ from orchestrator.errors import (
     ValidationFailed,
 )
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
+from workers.dashboard import register_dashboard
 from workers.service import EmbeddingService, EmbedResult
 
 ReportsSource = Callable[[], Awaitable[list[InstanceReport]]]
@@ -305,4 +306,5 @@ def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -
             }
         )
 
+    register_dashboard(app)
     return app

@@ -1,0 +1,235 @@
+"""The dashboard in a real headless Chromium (Debian's), against the real Ray Serve of the ``served`` fixture.
+
+Needs ``apt-get install -y chromium`` (gives /usr/bin/chromium) and ``pip install playwright``. Playwright drives
+the system Chromium; it must never download a browser of its own (``playwright install`` does not work here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.corpus import sentences
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The flags this machine's closed network needs: no background calls home, no QUIC, no GPU, no sandbox as root.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+INSTANCES = ("pool-a", "pool-b")
+UPDATE_TIMEOUT_MS = 20_000
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright; a missing browser or library fails the test (never a skip)."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's Chromium with `apt-get install -y chromium` "
+            "(do not run `playwright install`; the browser must come from Debian's packages)",
+            pytrace=False,
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the Python package playwright is missing: `pip install playwright`", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class PageWatch:
+    """Console errors, uncaught exceptions and requests leaving the service's origin, seen while a page runs."""
+
+    def __init__(self, page: Any, origin: str) -> None:
+        self.problems: list[str] = []
+        page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("request", lambda r: None if r.url.startswith((origin, "data:")) else self.problems.append(r.url))
+
+
+def field(page: Any, instance: str, name: str) -> Any:
+    return page.locator(f'[data-instance="{instance}"] [data-field="{name}"]')
+
+
+def numeric(locator: Any) -> float | None:
+    raw = locator.get_attribute("data-value")
+    return float(raw) if raw else None
+
+
+# Page-side predicates for wait_for_function: function expressions, since the page's CSP refuses string eval.
+ALL_CARDS = """(names) => names.every((n) => document.querySelector(`[data-instance="${n}"]`))"""
+POLLED = """(n) => Number(document.body.dataset.updates) >= n"""
+GREW = """([names, before]) => names.some((n) => {
+    const value = (f) => Number(document.querySelector(`[data-instance="${n}"] [data-field="${f}"]`).dataset.value);
+    return value("requests") > before[n].requests && value("throughput") > 0;
+})"""
+
+
+def _load(url: str, stop: threading.Event, clients: int = 4, max_requests: int = 60) -> int:
+    """4 clients sending 8 texts a request to loopback, until told to stop or the bounded loop ends."""
+    texts = sentences(64, seed=21)
+
+    async def run() -> int:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def client(offset: int) -> int:
+                done = 0
+                for n in range(max_requests):
+                    if stop.is_set():
+                        break
+                    start = (offset * 7 + n) * 8 % (len(texts) - 8)
+                    body = {"input": texts[start : start + 8]}
+                    async with session.post(f"{url}/v1/embeddings", json=body) as response:
+                        await response.read()
+                        done += response.status == 200
+                return done
+
+            return sum(await asyncio.gather(*(client(i) for i in range(clients))))
+
+    return asyncio.run(run())
+
+
+def test_dashboard_shows_live_numbers_under_load(served, tmp_path: Path) -> None:
+    url, _, _ = served
+    with chromium_browser() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        watch = PageWatch(page, url)
+        response = page.goto(f"{url}/dashboard")
+        assert response is not None and response.status == 200, "GET /dashboard: is register_dashboard(app) wired?"
+        page.wait_for_function(ALL_CARDS, arg=list(INSTANCES), timeout=UPDATE_TIMEOUT_MS)
+        page.wait_for_function(POLLED, arg=2, timeout=UPDATE_TIMEOUT_MS)
+        before = {n: {"requests": numeric(field(page, n, "requests")) or 0} for n in INSTANCES}
+
+        stop = threading.Event()
+        result: list[int] = []
+        loader = threading.Thread(target=lambda: result.append(_load(url, stop)), daemon=True)
+        started = time.monotonic()
+        loader.start()
+        try:
+            # The replicas push about once a second and the page polls once a second: a few seconds at most.
+            page.wait_for_function(GREW, arg=[list(INSTANCES), before], timeout=UPDATE_TIMEOUT_MS)
+            seen_after_s = time.monotonic() - started
+        finally:
+            stop.set()
+            loader.join(timeout=60)
+        assert result and result[0] > 0, "the load got no successful answer"
+
+        after = {n: numeric(field(page, n, "requests")) or 0 for n in INSTANCES}
+        assert sum(after.values()) > sum(b["requests"] for b in before.values()), (before, after)
+        assert seen_after_s < UPDATE_TIMEOUT_MS / 1000
+        for name in INSTANCES:
+            assert field(page, name, "name").inner_text() == name
+            assert field(page, name, "device-kind").inner_text() == "cpu"
+            assert field(page, name, "gpu-labels").is_hidden()  # CPU pools carry no GPU labels
+            assert int(field(page, name, "history").get_attribute("data-samples")) >= 2
+
+        totals = page.locator("#totals")
+        total_requests = numeric(totals.locator('[data-field="requests"]'))
+        assert total_requests is not None and total_requests >= sum(after.values())
+        assert numeric(totals.locator('[data-field="throughput"]')) is not None
+        assert (numeric(totals.locator('[data-field="memory"]')) or 0) > 0
+        gpu = totals.locator('[data-field="gpu-utilization"]')
+        assert gpu.inner_text() == "n/a" and "MIG" in (gpu.get_attribute("title") or "")
+        assert page.locator("#status").get_attribute("data-state") == "ok"
+
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        data = shot.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+        assert not watch.problems, watch.problems
+
+
+def _mig_view() -> dict[str, Any]:
+    """An /instances answer as a MIG machine gives it, with the nulls the page must explain."""
+    mig = {"instance": "slice-1", "model": "m", "node": "h", "device_kind": "mig", "gpu": "0", "UUID": "GPU-1"}
+    idle = {
+        "load": None,
+        "queue_length": None,
+        "in_flight": 0,
+        "response_time_ms": None,
+        "queue_time_ms": None,
+        "inference_time_ms": None,
+        "throughput_embeddings_per_s": None,
+        "tokens_per_s": None,
+        "requests": 0,
+        "failures": {},
+        "error_rate": 0.0,
+        "memory_used_bytes": None,
+        "memory_total_bytes": None,
+        "capacity": None,
+        "reporting": True,
+    }
+    busy = {
+        **idle,
+        "load": 0.9,
+        "queue_length": 12,
+        "throughput_embeddings_per_s": 512.5,
+        "requests": 800,
+        "failures": {"Overloaded": 3},
+        "error_rate": 3 / 800,
+        "memory_used_bytes": 2 * 2**30,
+        "memory_total_bytes": 5 * 2**30,
+    }
+    return {
+        "gpu_utilization": {"value": None, "why": "not measured: NVML reports no utilisation for MIG slices"},
+        "memory_usage_bytes": 2 * 2**30,
+        "throughput_embeddings_per_s": 512.5,
+        "error_rates": {"requests": 800, "failures": 3, "rate": 3 / 800},
+        "instance_stats": {
+            "slice-1": {"labels": {**mig, "GPU_I_ID": "7", "GPU_I_PROFILE": "1g.5gb"}, **busy},
+            "slice-2": {"labels": {**mig, "instance": "slice-2", "GPU_I_ID": "8", "GPU_I_PROFILE": "1g.5gb"}, **idle},
+        },
+    }
+
+
+def test_dashboard_shows_gpu_labels_and_explains_missing_values(served) -> None:
+    """The page on a MIG view (served to the browser in place of /instances): labels, load bar, n/a tooltips."""
+    url, _, _ = served
+    view = json.dumps(_mig_view())
+    with chromium_browser() as browser:
+        page = browser.new_page()
+        watch = PageWatch(page, url)
+        page.route(
+            f"{url}/instances", lambda route: route.fulfill(status=200, content_type="application/json", body=view)
+        )
+        page.goto(f"{url}/dashboard")
+        page.wait_for_function(ALL_CARDS, arg=["slice-1", "slice-2"], timeout=UPDATE_TIMEOUT_MS)
+        page.wait_for_function(POLLED, arg=2, timeout=UPDATE_TIMEOUT_MS)
+
+        assert field(page, "slice-1", "gpu-labels").is_visible()
+        assert field(page, "slice-1", "GPU_I_PROFILE").inner_text() == "1g.5gb"
+        assert field(page, "slice-1", "GPU_I_ID").inner_text() == "7"
+        assert field(page, "slice-1", "gpu").inner_text() == "0"
+        assert field(page, "slice-1", "load").inner_text() == "90%"
+        assert field(page, "slice-1", "load-bar").get_attribute("data-level") == "high"
+        assert field(page, "slice-1", "failures-by-type").inner_text() == "Overloaded: 3"
+        assert field(page, "slice-1", "memory").inner_text() == "2.0 GiB / 5.0 GiB"
+
+        for name in ("load", "throughput", "response-ms", "memory", "gpu-utilization"):
+            shown = field(page, "slice-2", name)
+            assert shown.inner_text() == "n/a", name
+            assert len(shown.get_attribute("title") or "") > 10, f"{name}: n/a without an explanation"
+        assert "MIG" in (field(page, "slice-2", "gpu-utilization").get_attribute("title") or "")
+        assert not watch.problems, watch.problems

@@ -48,6 +48,11 @@ class ModelConfig(_Strict):
         default_factory=dict, description="Named prompts, added to (or replacing) the model folder's own."
     )
     default_prompt_name: str | None = Field(None, description="Prompt used when a request names none.")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime on CPU pools where the model exports, PyTorch otherwise and on GPUs."
+    )
+    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic quantisation (onnx backend only).")
+    onnx_cache_dir: str | None = Field(None, description="Where exported graphs are kept; default ~/.cache/...")
     tensor_parallel_size: PositiveInt = Field(
         1, description="Validated against the model's attention and key-value heads; only 1 is served yet."
     )

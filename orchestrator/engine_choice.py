@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # Architectures whose transformers implementation lacks sdpa / flash attention (transformers 5.x).
 NO_SDPA = frozenset({"mpnet"})
 NO_FLASH = frozenset({"mpnet", "bert"})
+# Architectures whose torch.onnx (dynamo) export was checked to give the same vectors as PyTorch. Qwen3 fails in
+# torch.export (step 1 of 3) with torch 2.13 / transformers 5.24, so it stays on PyTorch.
+ONNX_FAMILIES = frozenset({"bert", "mpnet"})
 
 
 class EngineChoiceError(ValueError):
@@ -85,3 +88,38 @@ def check_tensor_parallel(size: int, attention_heads: int | None, key_value_head
         f"tensor_parallel_size {size} is valid for this model but serving one instance across GPUs is not "
         "implemented yet: use 1 (one replica per slice or GPU)"
     )
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str
+    reason: str
+
+
+def choose_backend(device: str, model_type: str, backend: str = "auto", quantize: str = "none") -> BackendChoice:
+    """Which backend serves ``model_type`` on ``device``, with the one-line reason shown to the user.
+
+    auto: ONNX Runtime on CPU pools for the families it exports, PyTorch otherwise. Raises EngineChoiceError for
+    onnx on a GPU or on a family it cannot export, and for int8 without the onnx backend.
+    """
+    on_gpu = device != "cpu"
+    exportable = model_type in ONNX_FAMILIES
+    if backend == "onnx" and on_gpu:
+        raise EngineChoiceError("backend onnx runs on CPU pools only; GPU instances use torch (fp16, flash or sdpa)")
+    if backend == "onnx" and not exportable:
+        raise EngineChoiceError(
+            f"backend onnx: {model_type} models cannot be exported to ONNX here (supported: "
+            f"{', '.join(sorted(ONNX_FAMILIES))}); use backend: torch or auto"
+        )
+    if backend == "auto":
+        if on_gpu:
+            choice = BackendChoice("torch", "GPU instances run PyTorch (half precision)")
+        elif exportable:
+            choice = BackendChoice("onnx", f"ONNX Runtime on CPU pools ({model_type} exports to ONNX)")
+        else:
+            choice = BackendChoice("torch", f"PyTorch on CPU pools: {model_type} does not export to ONNX here")
+    else:
+        choice = BackendChoice(backend, f"{backend} as configured")
+    if quantize == "int8" and choice.backend != "onnx":
+        raise EngineChoiceError("quantize int8 needs the onnx backend on CPU pools (dynamic int8 in ONNX Runtime)")
+    return choice

@@ -7,6 +7,7 @@ everything its replica needs to pin itself and size its batcher, so the replica 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from orchestrator.config import Config, InstanceConfig
@@ -73,6 +74,7 @@ class PlannedInstance:
     capacity: int
     batch_overhead_tokens: float | None = None  # None: the replica measures it at start-up
     gpu: GpuBinding | None = None
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Plan:
     instances: tuple[PlannedInstance, ...]
     device_kind: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    backend_lines: tuple[str, ...] = field(default_factory=tuple)
 
     def instance_for_rank(self, rank: int) -> PlannedInstance:
         """The instance a replica of the given rank serves; raises PlanError for an unknown rank."""
@@ -176,19 +179,29 @@ def plan_cpu_pools(
 
 def check_engine(
     config: Config, planned: list[PlannedInstance], footprint: ModelFootprint | None, flash_available: bool
-) -> None:
-    """Refuse, one line each, dtype/attention overrides that cannot work on an instance's device, and a
-    tensor_parallel_size the model's heads do not allow."""
-    from orchestrator.engine_choice import EngineChoiceError, check_tensor_parallel, choose_engine
+) -> tuple[list[PlannedInstance], list[str]]:
+    """Choose each instance's backend and refuse, one line each, overrides that cannot work on its device
+    (dtype, attention, backend, quantisation) and a tensor_parallel_size the model's heads do not allow.
+
+    Returns the instances with their backend set, and one line per device kind saying which backend and why.
+    """
+    from orchestrator.engine_choice import EngineChoiceError, check_tensor_parallel, choose_backend, choose_engine
 
     model = config.model
     model_type = footprint.model_type if footprint is not None else "unknown"
     problems = []
+    backends: dict[str, str] = {}
+    lines = []
     for device in sorted({"cpu" if p.gpu is None else "cuda" for p in planned}):
+        who = [p.name for p in planned if ("cpu" if p.gpu is None else "cuda") == device]
         try:
-            choose_engine(device, model_type, model.dtype, model.attn_implementation, flash_available)
+            choice = choose_backend(device, model_type, model.backend, model.quantize)
+            if choice.backend == "torch":
+                choose_engine(device, model_type, model.dtype, model.attn_implementation, flash_available)
+            backends[device] = choice.backend
+            quantized = " (int8)" if model.quantize == "int8" else ""
+            lines.append(f"backend {choice.backend}{quantized} for {', '.join(who)}: {choice.reason}")
         except EngineChoiceError as error:
-            who = [p.name for p in planned if ("cpu" if p.gpu is None else "cuda") == device]
             problems.append(f"model: {error} (instances {', '.join(who)})")
     try:
         heads = footprint.attention_heads if footprint is not None else None
@@ -198,6 +211,8 @@ def check_engine(
         problems.append(f"model.tensor_parallel_size: {error}")
     if problems:
         raise PlanError("\n".join(problems))
+    chosen = [dataclasses.replace(p, backend=backends["cpu" if p.gpu is None else "cuda"]) for p in planned]
+    return chosen, lines
 
 
 def plan(
@@ -214,8 +229,8 @@ def plan(
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
         if not planned:
             raise PlanError("no instance could be placed on the CPU pools")
-        check_engine(config, planned, footprint, flash_available)
-        return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes))
+        planned, lines = check_engine(config, planned, footprint, flash_available)
+        return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes), backend_lines=tuple(lines))
 
     from orchestrator.mig_planner import plan_gpu_instances
 
@@ -226,6 +241,6 @@ def plan(
         cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
         planned += cpu_planned
         notes += cpu_notes
-    check_engine(config, planned, footprint, flash_available)
+    planned, lines = check_engine(config, planned, footprint, flash_available)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
-    return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes))
+    return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

@@ -38,6 +38,8 @@ class ModelCard:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     eos_token_id: int | None = None
+    hidden_size: int = 0
+    pad_token_id: int = 0
 
 
 def _read_json(path: Path) -> Any:
@@ -94,4 +96,6 @@ def read_model_card(
         prompts=prompts,
         default_prompt_name=default_prompt,
         eos_token_id=int(eos_id) if isinstance(eos_id, int) else None,
+        hidden_size=int(config.get("hidden_size") or 0),
+        pad_token_id=int(config.get("pad_token_id") if config.get("pad_token_id") is not None else (eos_id or 0)),
     )

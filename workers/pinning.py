@@ -10,14 +10,13 @@ from collections.abc import Sequence
 logger = logging.getLogger(__name__)
 
 
-def pin_to_cpu_pool(cores: Sequence[int], threads: int) -> tuple[int, ...]:
-    """Restrict this process to ``cores`` and torch to ``threads`` intra-op threads (one inter-op thread).
+def pin_to_cpu_pool(cores: Sequence[int], threads: int, torch_threads: bool = True) -> tuple[int, ...]:
+    """Restrict this process to ``cores`` and (``torch_threads``) torch to ``threads`` intra-op threads and one
+    inter-op thread; the ONNX backend sizes its own session and never imports torch.
 
     Returns the cores actually granted (the intersection with what the process may use). Must run before the
     model computes anything, because torch fixes its inter-op pool at first use.
     """
-    import torch
-
     granted: tuple[int, ...] = tuple(cores)
     if cores and hasattr(os, "sched_setaffinity"):
         allowed = os.sched_getaffinity(0)
@@ -25,6 +24,10 @@ def pin_to_cpu_pool(cores: Sequence[int], threads: int) -> tuple[int, ...]:
         os.sched_setaffinity(0, wanted)
         granted = tuple(sorted(wanted))
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    if not torch_threads:
+        return granted
+    import torch
+
     torch.set_num_threads(threads)
     # Fails when already set or already used: harmless, the intra-op count is what matters.
     with contextlib.suppress(RuntimeError):

@@ -40,6 +40,8 @@ class ReplicaSpec:
     padding_side: str
     prompts: dict[str, str]
     default_prompt_name: str | None
+    quantize: str
+    onnx_cache_dir: str | None
     max_input_tokens: int | None
     normalize: bool
     max_inputs_per_request: int
@@ -53,8 +55,6 @@ def _current_rank() -> int:
 
 def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     """Pin to the instance's pool, load the model and return its EmbeddingService."""
-    from orchestrator.engine_choice import choose_engine
-    from workers.backend import TorchBackend
     from workers.batcher import Batcher
     from workers.calibration import measure_batch_overhead_tokens
     from workers.instance_metrics import InstanceMetrics
@@ -67,18 +67,11 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     if instance.gpu is not None:
         pin_to_gpu_device(instance.gpu.device_uuid)  # before anything touches CUDA
         device = "cuda"
-    pin_to_cpu_pool(instance.cpu_cores, instance.threads)
+    pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
     folder = Path(spec.model_folder)
     card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
     tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
-    engine = choose_engine(
-        device,
-        card.model_type,
-        spec.dtype,
-        spec.attn_implementation,
-        importlib.util.find_spec("flash_attn") is not None,
-    )
-    backend = TorchBackend(folder, card.pooling, engine.dtype, device, engine.attn_implementation, spec.padding_side)
+    backend = load_backend(spec, instance, card, device)
     # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
     # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
     row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
@@ -114,6 +107,31 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     )
     return EmbeddingService(
         tokenizer, batcher, info, metrics=metrics, labels=metric_labels(spec, instance), capacity=instance.capacity
+    )
+
+
+def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device: str) -> Any:
+    """The planned backend: ONNX Runtime from the export cache (exporting on a cold cache), or PyTorch."""
+    if instance.backend == "onnx":
+        from workers.onnx_backend import OnnxBackend
+        from workers.onnx_export import cached_graph
+
+        cache_dir = Path(spec.onnx_cache_dir) if spec.onnx_cache_dir else None
+        graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize)
+        if graph.exported_now:
+            logger.warning(
+                "exported %s to ONNX in %.1f s (cached for next starts)", spec.model_name, graph.export_seconds
+            )
+        return OnnxBackend(
+            graph.path, card.pooling, instance.threads, card.pad_token_id, card.hidden_size, spec.quantize == "int8"
+        )
+    from orchestrator.engine_choice import choose_engine
+    from workers.backend import TorchBackend
+
+    flash_available = importlib.util.find_spec("flash_attn") is not None
+    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_available)
+    return TorchBackend(
+        Path(spec.model_folder), card.pooling, engine.dtype, device, engine.attn_implementation, spec.padding_side
     )
 
 

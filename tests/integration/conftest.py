@@ -39,7 +39,7 @@ def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     from orchestrator import deploy
 
     loaded = make_loaded(free_port())
-    placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))))
+    placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)
     deploy.start_ray(loaded, num_cpus=2)
     tuning = deploy.ServeTuning(graceful_shutdown_wait_loop_s=0.05, graceful_shutdown_timeout_s=1.0)
     try:

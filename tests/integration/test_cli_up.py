@@ -15,9 +15,11 @@ from tests.conftest import REPO
 from tests.integration.conftest import free_port
 
 
-def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path, minilm_folder: Path) -> None:
+    """The shipped config as a user runs it, on the PyTorch backend (the other integration tests use ONNX)."""
     port = free_port()
     config = (REPO / "configs" / "mig_config.yaml").read_text().replace("port: 8000", f"port: {port}")
+    config = config.replace("model:\n", "model:\n  backend: torch\n", 1)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(config)
     log_path = tmp_path / "up.log"
@@ -42,7 +44,12 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             )
             with urllib.request.urlopen(request, timeout=30) as response:
                 body = json.loads(response.read())
-            assert len(body["data"][0]["embedding"]) == 384
+            from sentence_transformers import SentenceTransformer
+
+            expected = SentenceTransformer(str(minilm_folder), device="cpu").encode(["hello from the CLI"])[0]
+            got = body["data"][0]["embedding"]
+            assert len(got) == 384
+            assert sum(a * b for a, b in zip(got, expected, strict=True)) >= 0.9999
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=60) == 0
         finally:
@@ -50,6 +57,7 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
                 process.kill()
     output = log_path.read_text()
     assert "No GPU found" in output and "serving on CPU pools" in output
+    assert "backend torch for embedding-instance-1, embedding-instance-2" in output
     assert "embedding-instance-1" in output and "embedding-instance-2" in output
     assert "'embedding-instance-3' not placed" in output or "embedding-instance-3" in output
     assert f"http://127.0.0.1:{port}" in output

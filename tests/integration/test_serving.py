@@ -84,6 +84,7 @@ def test_health_and_info(served) -> None:
     assert http.request("GET", f"{url}/health").json()["status"] == "ok"
     info = http.request("GET", f"{url}/info").json()
     assert info["model_id"] == loaded.model_name and info["dimensions"] == 384 and info["pooling"] == "mean"
+    assert info["backend"] == "onnx"  # auto: ONNX Runtime on CPU pools
 
 
 async def _burst(url: str, texts: list[str], clients: int, requests_each: int) -> list[str]:

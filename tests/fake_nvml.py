@@ -236,6 +236,14 @@ class _Symbols:
             raise _Return(pynvml.NVML_ERROR_GPU_IS_LOST)
         self._write_handle(ref, gpu)
 
+    def nvmlDeviceGetHandleByUUID(self, uuid: Any, ref: Any) -> None:
+        wanted = uuid.value.decode() if hasattr(uuid, "value") else str(uuid)
+        nodes = [n for g in self.machine.gpus for n in (g, *g.mig_devices.values()) if not getattr(n, "lost", False)]
+        match = next((node for node in nodes if node.uuid == wanted), None)
+        if match is None:
+            raise _Return(pynvml.NVML_ERROR_NOT_FOUND)
+        self._write_handle(ref, match)
+
     def nvmlDeviceGetName(self, handle: Any, buffer: Any, length: Any) -> None:
         node = self._node(handle)
         name = node.name if isinstance(node, FakeGpu) else f"{node.parent.name} MIG {node.profile.name}"

@@ -105,8 +105,19 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         prompts=card.prompts,
         default_prompt_name=card.default_prompt_name,
     )
+    memory_probe: Any = None
+    if instance.gpu is not None:  # the slice's (or GPU's) memory from NVML; CPU pools report process memory
+        from orchestrator.hardware.nvml_memory import DeviceMemoryProbe
+
+        memory_probe = DeviceMemoryProbe(instance.gpu.device_uuid).probe
     return EmbeddingService(
-        tokenizer, batcher, info, metrics=metrics, labels=metric_labels(spec, instance), capacity=instance.capacity
+        tokenizer,
+        batcher,
+        info,
+        metrics=metrics,
+        labels=metric_labels(spec, instance),
+        capacity=instance.capacity,
+        **({"memory_probe": memory_probe} if memory_probe is not None else {}),
     )
 
 

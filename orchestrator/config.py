@@ -7,7 +7,9 @@ naming the file and the key, before anything starts.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -72,6 +74,14 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_request_bytes: PositiveInt = 4 * 1024 * 1024
     max_inputs_per_request: PositiveInt = 512
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key; unset: no key is required."
+    )
+    open_endpoints: list[Literal["health", "metrics"]] = Field(
+        default_factory=lambda: ["health", "metrics"],
+        description="Endpoints answered without the key: health (/health) and metrics (/metrics, /instances, "
+        "/dashboard).",
+    )
 
 
 class BalancerConfig(_Strict):
@@ -157,6 +167,7 @@ class LoadedConfig(BaseModel):
     model_folder: Path
     model_name: str
     footprint: ModelFootprint
+    api_key_sha256: str | None = None
 
 
 def _format_location(loc: tuple[int | str, ...], raw: object) -> str:
@@ -194,6 +205,23 @@ def parse_config(raw: object, source_path: str = "<config>") -> Config:
         return Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError("\n".join(_validation_lines(source_path, error, raw))) from None
+
+
+def api_key_digest(config: Config, environ: Mapping[str, str], source_path: str = "<config>") -> str | None:
+    """SHA-256 of the API key named by ``server.api_key_env`` (replicas get only this digest), or None.
+
+    Raises ConfigError when the variable is named but unset or empty.
+    """
+    name = config.server.api_key_env
+    if name is None:
+        return None
+    key = environ.get(name, "")
+    if not key:
+        raise ConfigError(
+            f"{source_path}: server.api_key_env: environment variable {name} is unset or empty "
+            f"(export {name}=... before starting, or remove api_key_env)"
+        )
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
@@ -260,6 +288,7 @@ def resolve_config(config: Config, source_path: str = "<config>") -> LoadedConfi
         model_folder=folder,
         model_name=config.model.name or _default_model_name(config, folder),
         footprint=measure_footprint(folder),
+        api_key_sha256=api_key_digest(config, os.environ, source_path),
     )
 
 

@@ -99,6 +99,8 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
         normalize=config.model.normalize,
         max_inputs_per_request=config.server.max_inputs_per_request,
         max_request_bytes=config.server.max_request_bytes,
+        api_key_sha256=loaded.api_key_sha256,
+        open_endpoints=tuple(config.server.open_endpoints),
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the proxy.

@@ -87,6 +87,17 @@ class Overloaded(OrchestratorError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class Unauthorized(OrchestratorError):
+    """No API key, or the wrong one."""
+
+    status_code = 401
+    error_type = "Unauthorized"
+    openai_type = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
 class NotFound(OrchestratorError):
     """Unknown route."""
 

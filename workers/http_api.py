@@ -9,6 +9,8 @@ framework's, goes through ``error_response``: OpenAI's error shape under ``/v1``
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +29,7 @@ from orchestrator.errors import (
     NotFound,
     OrchestratorError,
     PayloadTooLarge,
+    Unauthorized,
     ValidationFailed,
 )
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
@@ -172,13 +175,47 @@ async def _instrumented(service: EmbeddingService, route: str, handle: Callable[
     return response
 
 
-def build_app(service: EmbeddingService, reports: ReportsSource | None = None) -> FastAPI:
+OPEN_PATHS = {"health": ("/health",), "metrics": ("/metrics", "/instances", "/dashboard")}
+
+
+def requires_key(path: str, open_endpoints: tuple[str, ...]) -> bool:
+    """True unless ``path`` belongs to an endpoint group left open by the config."""
+    return not any(path.startswith(prefix) for group in open_endpoints for prefix in OPEN_PATHS.get(group, ()))
+
+
+def key_matches(header: str | None, key_sha256: str) -> bool:
+    """``Authorization: Bearer <key>`` whose SHA-256 equals the configured digest (constant-time compare)."""
+    if not header or not header.lower().startswith("bearer "):
+        return False
+    digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
+    return hmac.compare_digest(digest, key_sha256)
+
+
+def build_app(
+    service: EmbeddingService,
+    reports: ReportsSource | None = None,
+    api_key_sha256: str | None = None,
+    open_endpoints: tuple[str, ...] = ("health", "metrics"),
+) -> FastAPI:
     """The ASGI app of one instance, bound to its embedding service.
 
     ``reports`` returns every instance's metrics (the metrics hub); without it, only this instance is shown.
+    With ``api_key_sha256``, every endpoint but the ``open_endpoints`` groups needs ``Authorization: Bearer <key>``
+    (401 otherwise); replicas only ever hold the key's digest, and neither the key nor the header is logged.
     """
     app = FastAPI(title="mig-orchestrator", version="0.1.0", docs_url=None, redoc_url=None)
     info = service.info
+
+    if api_key_sha256 is not None:
+
+        @app.middleware("http")
+        async def _authorise(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            path = request.url.path
+            if requires_key(path, open_endpoints) and not key_matches(
+                request.headers.get("authorization"), api_key_sha256
+            ):
+                return error_response(path, Unauthorized("missing or wrong API key: send Authorization: Bearer <key>"))
+            return await call_next(request)
 
     async def local_reports() -> list[InstanceReport]:
         return [InstanceReport(labels=service.labels, snapshot=service.snapshot(), rates={}, age_s=0.0)]

@@ -46,6 +46,8 @@ class ReplicaSpec:
     normalize: bool
     max_inputs_per_request: int
     max_request_bytes: int
+    api_key_sha256: str | None = None
+    open_endpoints: tuple[str, ...] = ("health", "metrics")
 
 
 def _current_rank() -> int:
@@ -172,6 +174,7 @@ class EmbeddingReplica:
     """One instance of the model, bound to the planned instance of its rank."""
 
     def __init__(self, spec: ReplicaSpec) -> None:
+        self._spec = spec
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_rank(self._rank)
         self._service = build_instance_service(spec, self._instance)
@@ -184,7 +187,12 @@ class EmbeddingReplica:
         logger.info("instance %s ready on cores %s", self._instance.name, self._instance.cpu_cores)
 
     def __serve_build_asgi_app__(self) -> Any:
-        return build_app(self._service, self._hub_reports if self._hub is not None else None)
+        return build_app(
+            self._service,
+            self._hub_reports if self._hub is not None else None,
+            api_key_sha256=self._spec.api_key_sha256,
+            open_endpoints=self._spec.open_endpoints,
+        )
 
     async def _hub_reports(self) -> list[Any]:
         self._ensure_pushing()

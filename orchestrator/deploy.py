@@ -115,10 +115,7 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTER_CLASS,
-            request_router_kwargs={
-                "load_weight": config.balancer.load_weight,
-                "queue_weight": config.balancer.queue_weight,
-            },
+            request_router_kwargs=dict(zip(("load_weight", "queue_weight"), config.balancer.weights(), strict=True)),
             request_routing_stats_period_s=tuning.routing_stats_period_s,
         ),
     )

@@ -25,7 +25,7 @@ class WeightedLoadRouter(FIFOMixin, RequestRouter):
     """Lowest ``load_weight * load + queue_weight * outstanding / capacity`` first."""
 
     def initialize_state(
-        self, load_weight: float = 0.7, queue_weight: float = 0.3, reservation_ttl_s: float = 1.0, **_: Any
+        self, load_weight: float = 0.2, queue_weight: float = 0.8, reservation_ttl_s: float = 1.0, **_: Any
     ) -> None:
         self._weights = Weights(load_weight=load_weight, queue_weight=queue_weight)
         self._reservation_ttl_s = reservation_ttl_s

@@ -21,7 +21,7 @@ def test_seed_file_parses_as_written() -> None:
     assert [i.name for i in config.mig_instances] == [f"embedding-instance-{n}" for n in (1, 2, 3)]
     assert config.mig_instances[2].batch_size == 4
     assert config.mig_instances[0].max_concurrency == 2
-    assert config.balancer.load_weight == 0.7 and config.balancer.queue_weight == 0.3
+    assert config.balancer.weights() == (0.2, 0.8)  # the measured default (docs/balancer-study.md)
 
 
 def test_seed_file_model_path_missing_is_one_line_per_instance() -> None:
@@ -119,3 +119,13 @@ def test_balancer_weights_cannot_both_be_zero(tmp_path: Path) -> None:
     path = write(tmp_path, "balancer:\n  load_weight: 0\n  queue_weight: 0\nmig_instances:\n  - name: a\n")
     with pytest.raises(ConfigError, match="cannot both be 0"):
         load_config(path)
+
+
+def test_balancer_presets_and_explicit_weights() -> None:
+    def weights(section: dict) -> tuple[float, float]:
+        return parse_config({"balancer": section, "mig_instances": [{"name": "a"}]}).balancer.weights()
+
+    assert weights({}) == (0.2, 0.8)
+    assert weights({"preset": "seed"}) == (0.7, 0.3)
+    assert weights({"preset": "seed", "queue_weight": 0.5}) == (0.7, 0.5)
+    assert weights({"load_weight": 0, "queue_weight": 1}) == (0.0, 1.0)

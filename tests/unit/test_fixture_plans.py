@@ -110,3 +110,28 @@ def test_mig_plan_on_a_disabled_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert layout.commands[:2] == ["nvidia-smi -i 0 -mig 1", "nvidia-smi -r -i 0"]
     assert layout.commands[-1] == "nvidia-smi mig -i 0 -cgi 9,19,19 -C"
     assert any("process" in note for note in layout.gpus[0].notes)
+
+
+def test_metric_labels_of_mig_and_cpu_instances_follow_dcgm(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.replica import ReplicaSpec, metric_labels
+
+    install_fake_nvml(monkeypatch, "a100_80gb_mixed")
+    topology = probe_topology()
+    placement = plan(config("1g.10gb", "cpu"), topology, MINILM)
+    spec = ReplicaSpec(
+        placement, "/m", "minilm", "auto", "auto", "auto", "right", {}, None, "none", None, None, True, 8, 1000
+    )
+    mig, cpu = (metric_labels(spec, instance) for instance in placement.instances)
+    gpu = topology.gpus[0]
+    slice_ = next(s for s in gpu.slices if s.uuid == placement.instances[0].gpu.device_uuid)
+    assert mig == {
+        "instance": "i0",
+        "model": "minilm",
+        "node": mig["node"],
+        "device_kind": "mig",
+        "gpu": "0",
+        "UUID": gpu.uuid,  # the parent GPU, as dcgm-exporter writes it
+        "GPU_I_ID": str(slice_.gpu_instance_id),
+        "GPU_I_PROFILE": "1g.10gb",
+    }
+    assert cpu["device_kind"] == "cpu" and "GPU_I_ID" not in cpu

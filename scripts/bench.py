@@ -121,7 +121,9 @@ def measure_ceiling(texts: list[str], threads: int, variant: str = "torch") -> d
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def write_config(path: Path, port: int, pools: int, threads: int, batch_size: int, variant: str = "torch") -> None:
+def write_config(
+    path: Path, port: int, pools: int, threads: int, batch_size: int, variant: str = "torch", max_wait_ms: float = 2.0
+) -> None:
     backend, quantize = VARIANTS[variant]
     instances = "\n".join(
         f"  - name: pool-{n}\n    batch_size: {batch_size}\n    max_concurrency: 1" for n in range(pools)
@@ -131,6 +133,7 @@ def write_config(path: Path, port: int, pools: int, threads: int, batch_size: in
         f"  backend: {backend}\n  quantize: {quantize}\n"
         f"server:\n  port: {port}\n"
         f"cpu_pools:\n  count: {pools}\n  threads_per_pool: {threads}\n"
+        f"batching:\n  max_wait_ms: {max_wait_ms}\n"
         f"mig_instances:\n{instances}\n"
     )
 
@@ -183,7 +186,7 @@ def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dic
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.yaml"
-        write_config(config, port, args.pools, args.threads, args.batch_size, variant)
+        write_config(config, port, args.pools, args.threads, args.batch_size, variant, args.max_wait_ms)
         log = (Path(tmp) / "up.log").open("w")
         began = time.perf_counter()
         process = subprocess.Popen(
@@ -230,6 +233,7 @@ def main() -> None:
     parser.add_argument(
         "--backend", nargs="+", choices=sorted(VARIANTS), default=["torch", "onnx", "int8"], help="variants to run"
     )
+    parser.add_argument("--max-wait-ms", type=float, default=2.0, help="batching.max_wait_ms of the service")
     parser.add_argument("--markdown", type=Path, help="append the results as a markdown section to this file")
     args = parser.parse_args()
 

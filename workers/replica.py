@@ -241,6 +241,12 @@ class EmbeddingReplica:
             )
         return metadata
 
+    async def __del__(self) -> None:
+        """Serve calls this when the replica stops: end the metrics pusher so shutdown does not wait on it."""
+        if self._push_task is not None:
+            self._push_task.cancel()
+        await self._service.batcher.close()
+
     def check_health(self) -> None:
         """Serve may reassign ranks; a replica serving another rank's instance must be replaced."""
         if _current_rank() != self._rank:

@@ -51,7 +51,7 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path, minilm_folder: P
             assert len(got) == 384
             assert sum(a * b for a, b in zip(got, expected, strict=True)) >= 0.9999
             process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=60) == 0
+            assert process.wait(timeout=20) == 0  # drains and stops in seconds (3 s measured)
         finally:
             if process.poll() is None:
                 process.kill()

@@ -210,3 +210,27 @@ def test_openapi_schema_lists_request_bodies(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert "input" in body["properties"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"input": ' + b"[" * 980 + b"]" * 980 + b"}", 422),  # deeply nested: a validation error, no crash
+        (b'{"input": ' + b"9" * 400 + b"}", 400),  # a number too big for any type
+        (b'{"input": "tab\\t newline\\n nul\\u0000 bell\\u0007"}', 200),  # control characters are text
+        (b'{"input": ["\\ud800"]}', 400),  # a lone surrogate is not valid text
+        (b'{"input": 1e999}', 400),
+    ],
+)
+def test_hostile_bodies(client: TestClient, body: bytes, status: int) -> None:
+    response = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert client.post("/v1/embeddings", json={"input": "still serving"}).status_code == 200
+
+
+def test_huge_lists_and_strings_are_refused_cheaply(client: TestClient) -> None:
+    many = client.post("/embed", json={"inputs": ["a"] * 100_000})
+    assert many.status_code == 413  # 100k inputs are over the 2000-byte body limit of this fixture
+    big = client.post("/embed", content=b'{"inputs": "' + b"x" * 10_000_000 + b'"}')
+    assert big.status_code == 413
+    assert client.post("/embed", json={"inputs": ["a"] * 11}).status_code == 422  # under the body limit: count

@@ -74,6 +74,9 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_request_bytes: PositiveInt = 4 * 1024 * 1024
     max_inputs_per_request: PositiveInt = 512
+    request_timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        60.0, description="Deadline of one embedding request inside its instance (504 after it); null: none."
+    )
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key; unset: no key is required."
     )

@@ -101,6 +101,7 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
         max_request_bytes=config.server.max_request_bytes,
         api_key_sha256=loaded.api_key_sha256,
         open_endpoints=tuple(config.server.open_endpoints),
+        request_timeout_s=config.server.request_timeout_s,
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the proxy.

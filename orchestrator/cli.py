@@ -58,7 +58,8 @@ def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedCo
             loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
         topology = probe_topology()
         flash_available = importlib.util.find_spec("flash_attn") is not None
-        placement = plan(loaded.config, topology, loaded.footprint, flash_available)
+        onnx_available = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "onnxscript"))
+        placement = plan(loaded.config, topology, loaded.footprint, flash_available, onnx_available)
     except (ConfigError, PlanError) as error:
         raise _fail(error.message, 2) from None
     return loaded, placement, topology.gpu_note

@@ -96,7 +96,9 @@ class BackendChoice:
     reason: str
 
 
-def choose_backend(device: str, model_type: str, backend: str = "auto", quantize: str = "none") -> BackendChoice:
+def choose_backend(
+    device: str, model_type: str, backend: str = "auto", quantize: str = "none", onnx_available: bool = True
+) -> BackendChoice:
     """Which backend serves ``model_type`` on ``device``, with the one-line reason shown to the user.
 
     auto: ONNX Runtime on CPU pools for the families it exports, PyTorch otherwise. Raises EngineChoiceError for
@@ -106,6 +108,8 @@ def choose_backend(device: str, model_type: str, backend: str = "auto", quantize
     exportable = model_type in ONNX_FAMILIES
     if backend == "onnx" and on_gpu:
         raise EngineChoiceError("backend onnx runs on CPU pools only; GPU instances use torch (fp16, flash or sdpa)")
+    if backend == "onnx" and not onnx_available:
+        raise EngineChoiceError("backend onnx: onnxruntime, onnx or onnxscript is not installed (pip install -e .)")
     if backend == "onnx" and not exportable:
         raise EngineChoiceError(
             f"backend onnx: {model_type} models cannot be exported to ONNX here (supported: "
@@ -114,6 +118,8 @@ def choose_backend(device: str, model_type: str, backend: str = "auto", quantize
     if backend == "auto":
         if on_gpu:
             choice = BackendChoice("torch", "GPU instances run PyTorch (half precision)")
+        elif exportable and not onnx_available:
+            choice = BackendChoice("torch", "PyTorch on CPU pools: onnxruntime/onnx/onnxscript are not installed")
         elif exportable:
             choice = BackendChoice("onnx", f"ONNX Runtime on CPU pools ({model_type} exports to ONNX)")
         else:

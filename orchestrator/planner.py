@@ -178,7 +178,11 @@ def plan_cpu_pools(
 
 
 def check_engine(
-    config: Config, planned: list[PlannedInstance], footprint: ModelFootprint | None, flash_available: bool
+    config: Config,
+    planned: list[PlannedInstance],
+    footprint: ModelFootprint | None,
+    flash_available: bool,
+    onnx_available: bool = True,
 ) -> tuple[list[PlannedInstance], list[str]]:
     """Choose each instance's backend and refuse, one line each, overrides that cannot work on its device
     (dtype, attention, backend, quantisation) and a tensor_parallel_size the model's heads do not allow.
@@ -195,7 +199,7 @@ def check_engine(
     for device in sorted({"cpu" if p.gpu is None else "cuda" for p in planned}):
         who = [p.name for p in planned if ("cpu" if p.gpu is None else "cuda") == device]
         try:
-            choice = choose_backend(device, model_type, model.backend, model.quantize)
+            choice = choose_backend(device, model_type, model.backend, model.quantize, onnx_available)
             if choice.backend == "torch":
                 choose_engine(device, model_type, model.dtype, model.attn_implementation, flash_available)
             backends[device] = choice.backend
@@ -216,7 +220,11 @@ def check_engine(
 
 
 def plan(
-    config: Config, topology: Topology, footprint: ModelFootprint | None = None, flash_available: bool = False
+    config: Config,
+    topology: Topology,
+    footprint: ModelFootprint | None = None,
+    flash_available: bool = False,
+    onnx_available: bool = True,
 ) -> Plan:
     """Place every configured instance on the hardware found.
 
@@ -229,7 +237,7 @@ def plan(
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
         if not planned:
             raise PlanError("no instance could be placed on the CPU pools")
-        planned, lines = check_engine(config, planned, footprint, flash_available)
+        planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available)
         return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes), backend_lines=tuple(lines))
 
     from orchestrator.mig_planner import plan_gpu_instances
@@ -241,6 +249,6 @@ def plan(
         cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
         planned += cpu_planned
         notes += cpu_notes
-    planned, lines = check_engine(config, planned, footprint, flash_available)
+    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

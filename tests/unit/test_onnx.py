@@ -157,3 +157,10 @@ def test_minilm_graph_is_fused_and_the_manifest_says_so(minilm_graph: Path) -> N
     manifest = json.loads((minilm_graph.parent / "manifest.json").read_text())
     assert manifest["fused_operators"].get("SkipLayerNormalization") == 12  # one per residual block of 6 layers
     assert manifest["fused_operators"].get("BiasGelu") == 6
+
+
+def test_without_onnxruntime_auto_falls_back_to_torch_and_onnx_is_refused() -> None:
+    assert choose_backend("cpu", "bert", onnx_available=False).backend == "torch"
+    assert "not installed" in choose_backend("cpu", "bert", onnx_available=False).reason
+    with pytest.raises(EngineChoiceError, match="not installed"):
+        choose_backend("cpu", "bert", "onnx", onnx_available=False)

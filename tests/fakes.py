@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workers.backend import BackendInfo
+from workers.batcher import Batcher
+from workers.service import EmbeddingService, ServiceInfo
+from workers.tokenizer import TextTokenizer
 
 
 def fake_vector(tokens: Sequence[int], dimensions: int = 8) -> np.ndarray:
@@ -43,3 +48,28 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def fake_service(folder: Path, backend: FakeBackend | None = None, **overrides: Any) -> EmbeddingService:
+    """One instance's service with the real tokenizer of ``folder`` and a fake model: small limits for tests.
+
+    ``overrides`` replace ServiceInfo fields (max_input_tokens, max_inputs_per_request, request_timeout_s...);
+    ``max_queued_texts`` and ``max_wait_ms`` go to the batcher.
+    """
+    backend = backend or FakeBackend(dimensions=8)
+    max_queued = overrides.pop("max_queued_texts", 16)
+    max_wait_ms = overrides.pop("max_wait_ms", 1)
+    settings: dict[str, Any] = {
+        "model_name": "all-MiniLM-L6-v2",
+        "instance": "pool-0",
+        "max_input_tokens": 32,
+        "max_batch_tokens": 512,
+        "max_inputs_per_request": 10,
+        "max_request_bytes": 2000,
+        "normalize_by_default": True,
+        "pooling": "mean",
+        "backend": backend.info,
+        **overrides,
+    }
+    batcher = Batcher(backend.embed, 8, settings["max_batch_tokens"], max_wait_ms, max_queued)
+    return EmbeddingService(TextTokenizer(folder, settings["max_input_tokens"]), batcher, ServiceInfo(**settings))

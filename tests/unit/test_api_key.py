@@ -11,19 +11,14 @@ from fastapi.testclient import TestClient
 
 from orchestrator.config import api_key_digest, parse_config
 from orchestrator.errors import ConfigError
-from tests.fakes import FakeBackend
-from workers.batcher import Batcher
+from tests.fakes import fake_service
 from workers.http_api import build_app
-from workers.service import EmbeddingService, ServiceInfo
-from workers.tokenizer import TextTokenizer
 
 KEY = "s3cr3t-key-for-tests"
 
 
 def make_client(minilm_folder: Path, open_endpoints: tuple[str, ...]) -> TestClient:
-    backend = FakeBackend()
-    info = ServiceInfo("m", "pool-0", 32, 512, 10, 100_000, True, "mean", backend.info)
-    service = EmbeddingService(TextTokenizer(minilm_folder, 32), Batcher(backend.embed, 8, 512, 0, 64), info)
+    service = fake_service(minilm_folder, max_request_bytes=100_000, max_queued_texts=64, max_wait_ms=0)
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     return TestClient(build_app(service, api_key_sha256=digest, open_endpoints=open_endpoints))
 

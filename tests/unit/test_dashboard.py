@@ -10,33 +10,16 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import FakeBackend
-from workers.batcher import Batcher
+from tests.fakes import fake_service
 from workers.dashboard import ASSET_DIR, ASSETS, register_dashboard
 from workers.http_api import build_app
-from workers.service import EmbeddingService, ServiceInfo
-from workers.tokenizer import TextTokenizer
 
 EXTERNAL_URL = re.compile(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", re.IGNORECASE)
 
 
 @pytest.fixture
 def client(minilm_folder: Path) -> Iterator[TestClient]:
-    backend = FakeBackend(dimensions=8)
-    tokenizer = TextTokenizer(minilm_folder, 32)
-    batcher = Batcher(backend.embed, max_batch_size=8, max_batch_tokens=512, max_wait_ms=1, max_queued_texts=16)
-    info = ServiceInfo(
-        model_name="all-MiniLM-L6-v2",
-        instance="pool-0",
-        max_input_tokens=32,
-        max_batch_tokens=512,
-        max_inputs_per_request=10,
-        max_request_bytes=2000,
-        normalize_by_default=True,
-        pooling="mean",
-        backend=backend.info,
-    )
-    app = build_app(EmbeddingService(tokenizer, batcher, info))
+    app = build_app(fake_service(minilm_folder))
     # build_app wires the dashboard in; until it does (or if it stops), add it here so these tests still run.
     if "/dashboard" not in [getattr(route, "path", None) for route in app.routes]:
         register_dashboard(app)

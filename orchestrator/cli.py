@@ -1,8 +1,8 @@
 """The ``orchestrator`` command: parse options, call the steps, print tables, map failures to exit codes.
 
-``up`` reads like its steps: load config -> probe hardware -> plan -> start Ray -> deploy -> wait healthy -> serve
-until stopped. Every failure is one line with the fix; exit code 2 means the config or plan is wrong (nothing was
-started), 1 means starting failed.
+``up`` reads like its steps: load config -> probe hardware -> plan -> open the front door -> start Ray -> deploy ->
+wait healthy -> forward requests until stopped. Every failure is one line with the fix; exit code 2 means the
+config or plan is wrong (nothing was started), 1 means starting failed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planner import Plan, PlannedInstance, plan
+
+if TYPE_CHECKING:
+    from orchestrator.front_door_server import FrontDoorServer
 
 app = typer.Typer(
     help="Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint.",
@@ -115,18 +118,6 @@ def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
     _print_plan(loaded, placement, gpu_note)
 
 
-def _port_is_free(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def _wait_for_stop() -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -149,10 +140,14 @@ def up_command(
     loaded, placement, gpu_note = _load_and_plan(config, port)
     _print_plan(loaded, placement, gpu_note)
     server = loaded.config.server
-    if not loaded.config.ray.address and not _port_is_free(server.host, server.port):
-        raise _fail(f"{server.host}:{server.port} is already in use: stop what holds it, or pass --port N", 1)
     from orchestrator import deploy
+    from orchestrator.front_door_server import front_door_server_for
 
+    front = front_door_server_for(loaded)
+    try:
+        front.start()  # binds the port now: a busy port fails before Ray; clients get 503 "starting" meanwhile
+    except OrchestratorError as error:
+        raise _fail(error.message, 1) from None
     started = time.monotonic()
     try:
         with console.status("Starting Ray...") as status:
@@ -164,15 +159,17 @@ def up_command(
 
             status.update(f"Loading {loaded.model_name} on {expected} instance(s)...")
             deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
+            forwarder = deploy.open_forwarder(placement)
+            front.front_door.attach(forwarder, forwarder.readiness, forwarder.close)
     except OrchestratorError as error:
-        deploy.shutdown()
+        _stop(front)
         raise _fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None
     except Exception as error:  # Ray's own failures arrive as long tracebacks: keep the last line
-        deploy.shutdown()
+        _stop(front)
         last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
         raise _fail(f"starting the service failed: {last_line} (run with --verbose for details)", 1) from None
     except KeyboardInterrupt:
-        deploy.shutdown()
+        _stop(front)
         raise typer.Exit(130) from None
     url = f"http://{server.host}:{server.port}"
     console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
@@ -182,8 +179,18 @@ def up_command(
         _wait_for_stop()
     finally:
         with console.status("Stopping: finishing in-flight requests..."):
-            deploy.shutdown()
+            _stop(front)
         console.print("Stopped.")
+
+
+def _stop(front: FrontDoorServer) -> None:
+    """Stop taking requests and finish those in flight, then stop Serve and Ray."""
+    from orchestrator import deploy
+
+    try:
+        front.stop()
+    finally:
+        deploy.shutdown()
 
 
 @app.command("export")

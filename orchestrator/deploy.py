@@ -11,10 +11,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.planner import Plan
+
+if TYPE_CHECKING:
+    from orchestrator.serve_forwarder import ServeForwarder
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +44,12 @@ class ServeTuning:
 
 
 def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
-    """Start an embedded Ray (or join ``ray.address``) and Serve's HTTP proxy on the configured host and port."""
+    """Start an embedded Ray (or join ``ray.address``) and Serve, without Serve's HTTP proxy (the front door serves)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded, local-only cluster: no token prompt
     import ray
     from ray import serve
 
     ray_config = loaded.config.ray
-    server = loaded.config.server
     if not ray.is_initialized():
         if ray_config.address:
             ray.init(address=ray_config.address, logging_level=logging.WARNING)
@@ -59,7 +62,8 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
                 log_to_driver=False,
             )
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
-    serve.start(http_options={"host": server.host, "port": server.port}, logging_config={"log_level": "WARNING"})
+    # No Serve proxy: our front door (orchestrator/front_door.py) is the HTTP endpoint and calls replicas itself.
+    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
 
 
 def actor_options(plan: Plan) -> dict[str, object]:
@@ -104,7 +108,7 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
         request_timeout_s=config.server.request_timeout_s,
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
-    # with 429 instead of waiting in the proxy.
+    # with 429 instead of waiting in the router.
     max_ongoing = max(max(i.max_queued_texts for i in plan.instances), 16)
     deployment = serve.deployment(EmbeddingReplica).options(
         name=DEPLOYMENT_NAME,
@@ -139,6 +143,16 @@ def deploy(
     app = build_application(loaded, plan, tuning)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     wait_until_running(len(plan.instances), timeout_s, on_progress)
+
+
+def open_forwarder(plan: Plan) -> ServeForwarder:
+    """A forwarder to the deployed replicas, for the front door (routing by our balancer, as any handle does)."""
+    from ray import serve
+
+    from orchestrator.serve_forwarder import ServeForwarder
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME)
+    return ServeForwarder(handle, APP_NAME, DEPLOYMENT_NAME, len(plan.instances))
 
 
 def wait_until_running(expected: int, timeout_s: float, on_progress: Callable[[int, int], None] | None = None) -> None:

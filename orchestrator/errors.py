@@ -126,3 +126,25 @@ class Unhealthy(OrchestratorError):
 
     status_code = 503
     error_type = "Unhealthy"
+
+
+class ServiceUnavailable(OrchestratorError):
+    """No instance could take the request right now (starting, or every try lost its instance); retry later."""
+
+    status_code = 503
+    error_type = "Unavailable"
+    openai_type = "server_error"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+def error_body(path: str, error: OrchestratorError) -> dict[str, object]:
+    """The JSON body of an error answer: OpenAI's shape under ``/v1/``, TEI's elsewhere."""
+    if path.startswith("/v1/"):
+        return {"error": {"message": error.message, "type": error.openai_type, "param": None, "code": error.error_type}}
+    return {"error": error.message, "error_type": error.error_type}

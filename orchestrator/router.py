@@ -1,7 +1,8 @@
 """The Ray Serve request router that applies our balancer (``orchestrator/balancer.py``) in Serve's routing path.
 
-It runs inside Serve's HTTP proxy (and in any process holding a handle). For each request it ranks every replica
-by the seed's score and returns the ranking, so Serve tries the best first and falls back in order. Its inputs:
+It runs in every process holding a handle to the deployment (the front door's, in ``orchestrator up``). For each
+request it ranks every replica by the seed's score and returns the ranking, so Serve tries the best first and falls
+back in order. Its inputs:
 
 * ``load``: the busy fraction each replica reports through ``record_routing_stats`` (refreshed every stats period);
 * outstanding requests, counted here: +1 when Serve sends a request, -1 when it completes;

@@ -1,6 +1,6 @@
 """The HTTP API of an instance: OpenAI ``/v1/embeddings``, TEI ``/embed``, ``/health`` and ``/info``.
 
-One FastAPI app per replica (Serve's proxy hands it the request after our router picked the replica, so there is no
+One FastAPI app per replica (the front door hands it the request after our router picked the replica, so there is no
 extra hop). Bodies are read with a size limit and parsed once with orjson; answers are serialised once with orjson
 and returned as raw ``Response`` objects, which skips FastAPI's slow ``jsonable_encoder``. Every error, ours or the
 framework's, goes through ``error_response``: OpenAI's error shape under ``/v1``, TEI's elsewhere.
@@ -31,6 +31,7 @@ from orchestrator.errors import (
     PayloadTooLarge,
     Unauthorized,
     ValidationFailed,
+    error_body,
 )
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
 from workers.dashboard import register_dashboard
@@ -77,13 +78,7 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
 
 def error_response(path: str, error: OrchestratorError) -> Response:
     """The one mapping from an error to its HTTP answer (status, body shape, headers)."""
-    if path.startswith("/v1/"):
-        body: dict[str, Any] = {
-            "error": {"message": error.message, "type": error.openai_type, "param": None, "code": error.error_type}
-        }
-    else:
-        body = {"error": error.message, "error_type": error.error_type}
-    return _json(body, error.status_code, error.headers())
+    return _json(error_body(path, error), error.status_code, error.headers())
 
 
 def _first_validation_problem(error: ValidationError | RequestValidationError) -> str:

@@ -2,7 +2,8 @@
 
 All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
 Serve rank (``plan.instances[rank]``), pins itself to that instance's cores, loads the model, and builds its own
-FastAPI app (late-bound ingress), so the proxy's router hands requests straight to the chosen replica.
+FastAPI app; the front door (``orchestrator/front_door.py``) hands each request, whole, to the replica our router
+picks, through ``forward``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 from ray import serve
 
 from orchestrator.errors import Unhealthy
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.metrics_hub import find_hub
 from orchestrator.planner import Plan, PlannedInstance
+from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
 
 logger = logging.getLogger(__name__)
@@ -171,7 +174,6 @@ def metric_labels(spec: ReplicaSpec, instance: PlannedInstance) -> dict[str, str
     return labels
 
 
-@serve.ingress()
 class EmbeddingReplica:
     """One instance of the model, bound to the planned instance of its rank."""
 
@@ -182,19 +184,21 @@ class EmbeddingReplica:
         self._service = build_instance_service(spec, self._instance)
         self._hub = find_hub()
         self._push_task: asyncio.Task[None] | None = None
+        self._app = build_app(
+            self._service,
+            self._hub_reports if self._hub is not None else None,
+            api_key_sha256=spec.api_key_sha256,
+            open_endpoints=spec.open_endpoints,
+        )
         # Serve constructs replicas on their user-code event loop: start pushing metrics right away (elsewhere,
         # with no running loop, the first routing-stats pull starts it).
         with contextlib.suppress(RuntimeError):
             self._ensure_pushing()
         logger.info("instance %s ready on cores %s", self._instance.name, self._instance.cpu_cores)
 
-    def __serve_build_asgi_app__(self) -> Any:
-        return build_app(
-            self._service,
-            self._hub_reports if self._hub is not None else None,
-            api_key_sha256=self._spec.api_key_sha256,
-            open_endpoints=self._spec.open_endpoints,
-        )
+    async def forward(self, request: ForwardedRequest) -> ForwardedResponse:
+        """Answer one HTTP request from the front door with this instance's app (the front door's only call)."""
+        return await call_asgi(self._app, request)
 
     async def _hub_reports(self) -> list[Any]:
         self._ensure_pushing()

@@ -38,13 +38,19 @@ def make_loaded(port: int, **sections: object) -> LoadedConfig:
 def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     """Start Ray + Serve once, deploy the 2-pool plan, yield (base URL, config, plan)."""
     from orchestrator import deploy
+    from orchestrator.front_door_server import front_door_server_for
 
     loaded = make_loaded(free_port())
     placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)
+    front = front_door_server_for(loaded)
+    front.start()
     deploy.start_ray(loaded, num_cpus=2)
     tuning = deploy.ServeTuning(graceful_shutdown_wait_loop_s=0.05, graceful_shutdown_timeout_s=1.0)
     try:
         deploy.deploy(loaded, placement, tuning=tuning, timeout_s=240)
+        forwarder = deploy.open_forwarder(placement)
+        front.front_door.attach(forwarder, forwarder.readiness, forwarder.close)
         yield f"http://127.0.0.1:{loaded.config.server.port}", loaded, placement
     finally:
+        front.stop()
         deploy.shutdown()

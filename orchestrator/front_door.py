@@ -1,0 +1,254 @@
+"""The front door: the one HTTP endpoint, in front of every replica.
+
+A small ASGI app (no Ray import: the Ray side is a ``Forwarder`` handed in) that reads each request whole, bounded
+by ``server.max_request_bytes``, and forwards it to the replica the balancer picks. It owns what no replica can do
+for itself:
+
+- **retry on a lost instance**: embedding is idempotent, so a request whose replica died before answering is sent
+  once more (the router has dropped the dead replica by then); clients see no failure;
+- **JSON for every failure**, including "no instance yet" and "instance lost twice" (503 with ``Retry-After``) and a
+  replica that never answers (504 after the request deadline plus a grace period);
+- **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;
+- **readiness**: ``/health`` gains ``instances_ready``/``instances_planned`` (``degraded`` while some are down) and
+  ``/metrics`` gains the front door's own series (retries, lost instances, ready instances).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from orchestrator.errors import (
+    DeadlineExceeded,
+    OrchestratorError,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    error_body,
+)
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Forwarder, InstanceLost, NoInstance
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Readiness = Callable[[], tuple[int, int]]
+
+RETRIES_ON_LOST_INSTANCE = 1
+DEADLINE_GRACE_S = 5.0  # replicas answer their own 504 at the deadline; this catches one that answers nothing
+HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+
+
+@dataclass
+class FrontDoorStats:
+    """Counters the front door adds to ``/metrics``."""
+
+    requests: int = 0
+    retried: int = 0
+    instance_losses: int = 0
+    failed_unavailable: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    started_at: float = field(default_factory=time.time)
+
+
+class FrontDoor:
+    """ASGI app forwarding every HTTP request to one replica (see the module docstring for what it adds)."""
+
+    def __init__(
+        self,
+        max_request_bytes: int,
+        request_timeout_s: float | None,
+        readiness: Readiness | None = None,
+        retries: int = RETRIES_ON_LOST_INSTANCE,
+        deadline_grace_s: float = DEADLINE_GRACE_S,
+    ) -> None:
+        self._max_request_bytes = max_request_bytes
+        self._deadline_s = None if request_timeout_s is None else request_timeout_s + deadline_grace_s
+        self._readiness = readiness
+        self._retries = retries
+        self._forwarder: Forwarder | None = None
+        self._on_close: Callable[[], None] | None = None
+        self.stats = FrontDoorStats()
+
+    def attach(
+        self, forwarder: Forwarder, readiness: Readiness | None = None, on_close: Callable[[], None] | None = None
+    ) -> None:
+        """Start forwarding (until then every request gets 503 "starting"); ``on_close`` runs at ``close()``."""
+        self._forwarder = forwarder
+        self._on_close = on_close
+        if readiness is not None:
+            self._readiness = readiness
+
+    def close(self) -> None:
+        """Called once the server has stopped taking requests."""
+        if self._on_close is not None:
+            self._on_close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off in our server; websockets are not served
+            return
+        path = scope["path"]
+        try:
+            body = await _read_body(scope, receive, self._max_request_bytes)
+        except PayloadTooLarge as error:
+            await _send(send, _error(path, error))
+            return
+        except _ClientGone:
+            return
+        request = ForwardedRequest(
+            method=scope["method"],
+            path=path,
+            query_string=scope.get("query_string", b""),
+            headers=tuple((bytes(name), bytes(value)) for name, value in scope.get("headers", ())),
+            body=body,
+        )
+        self.stats.requests += 1
+        response = await self._answer(request, receive)
+        if response is not None:
+            await _send(send, response)
+
+    async def _answer(self, request: ForwardedRequest, receive: Receive) -> ForwardedResponse | None:
+        """The response to send, or None when the client went away first."""
+        forwarding = asyncio.ensure_future(self._forward_with_retry(request))
+        disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait(
+                {forwarding, disconnect}, timeout=self._deadline_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            disconnect.cancel()
+        if forwarding in done:
+            response = forwarding.result()
+        else:
+            forwarding.cancel()  # cancels the call on the replica, which drops the request's queued texts
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await forwarding
+            if disconnect in done:
+                self.stats.cancelled += 1
+                return None
+            self.stats.timed_out += 1
+            response = _error(
+                request.path, DeadlineExceeded(f"no answer from the instance in {self._deadline_s:.0f} s")
+            )
+        return self._decorate(request.path, response)
+
+    async def _forward_with_retry(self, request: ForwardedRequest) -> ForwardedResponse:
+        forwarder = self._forwarder
+        if forwarder is None:
+            return _error(request.path, ServiceUnavailable("the service is starting: instances are loading"))
+        for attempt in range(self._retries + 1):
+            try:
+                return await forwarder(request)
+            except InstanceLost as lost:
+                self.stats.instance_losses += 1
+                if attempt < self._retries:
+                    self.stats.retried += 1
+                    logger.warning("instance lost during %s %s (%s); retrying", request.method, request.path, lost)
+            except NoInstance as missing:
+                self.stats.failed_unavailable += 1
+                return _error(request.path, ServiceUnavailable(f"no instance is running: {missing}"))
+        self.stats.failed_unavailable += 1
+        return _error(
+            request.path, ServiceUnavailable(f"the instance serving this request was lost {attempt + 1} times")
+        )
+
+    def _decorate(self, path: str, response: ForwardedResponse) -> ForwardedResponse:
+        """Readiness on ``/health``; the front door's series on ``/metrics``."""
+        if path == HEALTH_PATH and self._readiness is not None:
+            return _with_readiness(response, *self._readiness())
+        if path == METRICS_PATH and response.status == 200:
+            return _replace_body(response, response.body + self.prometheus_text().encode())
+        return response
+
+    def prometheus_text(self) -> str:
+        """The front door's own series, in Prometheus' text format."""
+        ready, planned = self._readiness() if self._readiness is not None else (0, 0)
+        stats = self.stats
+        counters = {
+            "requests": ("Requests the front door forwarded.", stats.requests),
+            "retries": ("Requests resent after losing their instance.", stats.retried),
+            "instance_losses": ("Forwarded requests whose instance died before answering.", stats.instance_losses),
+            "unavailable": ("Requests answered 503: no instance could take them.", stats.failed_unavailable),
+            "timeouts": ("Requests answered 504 by the front door.", stats.timed_out),
+            "cancelled": ("Requests whose client disconnected first.", stats.cancelled),
+        }
+        lines = []
+        for name, (help_text, value) in counters.items():
+            family = f"orchestrator_front_door_{name}_total"  # named as prometheus_client writes counters
+            lines += [f"# HELP {family} {help_text}", f"# TYPE {family} counter", f"{family} {float(value)}"]
+        for name, help_text, value in (
+            ("instances_ready", "Instances running now.", ready),
+            ("instances_planned", "Instances in the plan.", planned),
+        ):
+            family = f"orchestrator_{name}"
+            lines += [f"# HELP {family} {help_text}", f"# TYPE {family} gauge", f"{family} {float(value)}"]
+        return "\n".join(lines) + "\n"
+
+
+class _ClientGone(Exception):
+    """The client disconnected while sending its body."""
+
+
+async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    declared = dict(scope.get("headers", ())).get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _error(path: str, error: OrchestratorError) -> ForwardedResponse:
+    headers = [(b"content-type", b"application/json")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    return ForwardedResponse(error.status_code, tuple(headers), orjson.dumps(error_body(path, error)))
+
+
+def _replace_body(response: ForwardedResponse, body: bytes) -> ForwardedResponse:
+    headers = tuple((name, value) for name, value in response.headers if name.lower() != b"content-length")
+    return ForwardedResponse(response.status, headers, body)
+
+
+def _with_readiness(response: ForwardedResponse, ready: int, planned: int) -> ForwardedResponse:
+    """``/health`` with the instance counts; ``degraded`` (still 200) while some instances are down."""
+    try:
+        payload = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return response
+    if not isinstance(payload, dict):
+        return response
+    payload.update(instances_ready=ready, instances_planned=planned)
+    if response.status == 200 and ready < planned:
+        payload["status"] = "degraded"
+    return _replace_body(response, orjson.dumps(payload))
+
+
+async def _send(send: Send, response: ForwardedResponse) -> None:
+    headers = [pair for pair in response.headers if pair[0].lower() != b"content-length"]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})

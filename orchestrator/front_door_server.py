@@ -1,0 +1,86 @@
+"""Serve the front door over HTTP (uvicorn) on a thread of the ``orchestrator up`` process.
+
+The port is bound at ``start()``, before Ray starts, so a busy port fails fast and clients get a JSON 503
+("starting") instead of a refused connection while the model loads. ``stop()`` closes the listening socket, lets
+in-flight requests finish (up to the grace period), then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+from orchestrator.config import LoadedConfig
+from orchestrator.errors import OrchestratorError
+from orchestrator.front_door import FrontDoor
+
+
+class PortBusy(OrchestratorError):
+    """The configured host:port cannot be bound."""
+
+    error_type = "PortBusy"
+
+
+class FrontDoorServer:
+    """uvicorn serving ``front_door`` on ``host:port`` from a background thread."""
+
+    def __init__(self, front_door: FrontDoor, host: str, port: int, shutdown_grace_s: float = 30.0) -> None:
+        self.front_door = front_door
+        self._host = host
+        self._port = port
+        self._grace_s = shutdown_grace_s
+        self._server = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind the port (raises PortBusy) and start serving in the background."""
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as error:
+            sock.close()
+            raise PortBusy(
+                f"{self._host}:{self._port} is already in use ({error.strerror}): stop what holds it, or pass --port N"
+            ) from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        config = uvicorn.Config(
+            self.front_door,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=self._grace_s,
+            timeout_keep_alive=30,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="front-door", daemon=True
+        )
+        self._thread.start()
+        while not server.started and self._thread.is_alive():
+            threading.Event().wait(0.01)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight requests (up to the grace period), and join the thread."""
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(self._grace_s + 5.0)
+        self.front_door.close()
+
+
+def front_door_server_for(loaded: LoadedConfig) -> FrontDoorServer:
+    """The front door configured by ``server.*`` (not started)."""
+    server = loaded.config.server
+    front_door = FrontDoor(server.max_request_bytes, server.request_timeout_s)
+    return FrontDoorServer(front_door, server.host, server.port)

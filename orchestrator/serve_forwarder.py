@@ -1,0 +1,74 @@
+"""The Ray side of the front door: send a request to the replica our router picks, and watch how many run.
+
+Calls go through a Serve ``DeploymentHandle``, so the deployment's ``WeightedLoadRouter`` chooses the replica exactly
+as it would for Serve's own proxy. Ray's failures are translated into the front door's two cases: the instance was
+lost (its actor died or is unreachable: retry elsewhere) and no instance exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+
+logger = logging.getLogger(__name__)
+
+READINESS_POLL_S = 1.0
+
+
+class ServeForwarder:
+    """``Forwarder`` over a handle to the embedding deployment; ``readiness()`` gives (running, planned) replicas."""
+
+    def __init__(self, handle: Any, app_name: str, deployment_name: str, planned: int) -> None:
+        self._method = handle.forward
+        self._app_name = app_name
+        self._deployment_name = deployment_name
+        self._planned = planned
+        self._running = planned  # deploy() returned only once every replica ran
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="replica-readiness", daemon=True)
+        self._watcher.start()
+
+    async def __call__(self, request: ForwardedRequest) -> ForwardedResponse:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError
+
+        if self._running == 0:
+            raise NoInstance(f"0 of {self._planned} instances running; Serve is restarting them")
+        response = self._method.remote(request)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as error:
+            raise InstanceLost(_last_line(error)) from None
+        except DeploymentUnavailableError as error:
+            raise NoInstance(_last_line(error)) from None
+
+    def readiness(self) -> tuple[int, int]:
+        """(replicas running, replicas planned), refreshed about once a second."""
+        return self._running, self._planned
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        import ray
+        from ray import serve
+        from ray.serve._private.common import ReplicaState
+
+        while not self._stop.wait(READINESS_POLL_S) and ray.is_initialized():
+            try:
+                application = serve.status().applications.get(self._app_name)
+                deployment = application.deployments.get(self._deployment_name) if application else None
+                self._running = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+            except Exception:  # Serve shutting down, or the controller restarting: keep the last count
+                logger.debug("could not read Serve's status", exc_info=True)
+
+
+def _last_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]

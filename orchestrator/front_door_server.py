@@ -8,6 +8,7 @@ in-flight requests finish (up to the grace period), then returns.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import threading
 
@@ -17,7 +18,7 @@ from orchestrator.front_door import FrontDoor
 
 
 class PortBusy(OrchestratorError):
-    """The configured host:port cannot be bound."""
+    """The configured host:port cannot be listened on."""
 
     error_type = "PortBusy"
 
@@ -44,9 +45,10 @@ class FrontDoorServer:
             sock.bind((self._host, self._port))
         except OSError as error:
             sock.close()
-            raise PortBusy(
-                f"{self._host}:{self._port} is already in use ({error.strerror}): stop what holds it, or pass --port N"
-            ) from None
+            where = f"{self._host}:{self._port}"
+            if error.errno == errno.EADDRINUSE:
+                raise PortBusy(f"{where} is already in use: stop what holds it, or pass --port N") from None
+            raise PortBusy(f"cannot listen on {where} ({error.strerror}): check server.host or --port") from None
         sock.listen(2048)
         sock.set_inheritable(True)
         config = uvicorn.Config(

@@ -160,7 +160,7 @@ def up_command(
             status.update(f"Loading {loaded.model_name} on {expected} instance(s)...")
             deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
             forwarder = deploy.open_forwarder(placement)
-            front.front_door.attach(forwarder, forwarder.readiness, forwarder.close)
+            front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
     except OrchestratorError as error:
         _stop(front)
         raise _fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None

@@ -76,22 +76,25 @@ class FrontDoor:
         self._readiness = readiness
         self._retries = retries
         self._forwarder: Forwarder | None = None
-        self._on_close: Callable[[], None] | None = None
+        self._on_close: Callable[[], Awaitable[None]] | None = None
         self.stats = FrontDoorStats()
 
     def attach(
-        self, forwarder: Forwarder, readiness: Readiness | None = None, on_close: Callable[[], None] | None = None
+        self,
+        forwarder: Forwarder,
+        readiness: Readiness | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Start forwarding (until then every request gets 503 "starting"); ``on_close`` runs at ``close()``."""
+        """Start forwarding (until then every request gets 503 "starting"); ``on_close`` runs at ``aclose()``."""
         self._forwarder = forwarder
         self._on_close = on_close
         if readiness is not None:
             self._readiness = readiness
 
-    def close(self) -> None:
-        """Called once the server has stopped taking requests."""
+    async def aclose(self) -> None:
+        """Run by the server on its own loop once it has stopped taking requests and finished those in flight."""
         if self._on_close is not None:
-            self._on_close()
+            await self._on_close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off in our server; websockets are not served

@@ -61,9 +61,14 @@ class FrontDoorServer:
         )
         server = uvicorn.Server(config)
         self._server = server
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve(sockets=[sock])), name="front-door", daemon=True
-        )
+
+        async def serve_then_close() -> None:
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                await self.front_door.aclose()
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(serve_then_close()), name="front-door", daemon=True)
         self._thread.start()
         while not server.started and self._thread.is_alive():
             threading.Event().wait(0.01)
@@ -73,12 +78,12 @@ class FrontDoorServer:
         return self._port
 
     def stop(self) -> None:
-        """Stop accepting, finish in-flight requests (up to the grace period), and join the thread."""
+        """Stop accepting, finish in-flight requests (up to the grace period), run the front door's on-close step
+        on the server's loop, and join the thread."""
         if self._server is None or self._thread is None:
             return
         self._server.should_exit = True
-        self._thread.join(self._grace_s + 5.0)
-        self.front_door.close()
+        self._thread.join(self._grace_s + 30.0)  # + the on-close step (Serve's drain)
 
 
 def front_door_server_for(loaded: LoadedConfig) -> FrontDoorServer:

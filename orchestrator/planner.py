@@ -57,7 +57,9 @@ class PlannedInstance:
         cpu_cores: the cores its process is pinned to.
         threads: compute threads (torch intra-op threads on CPU).
         capacity: requests it is sized to hold at once (the balancer's queue normaliser).
-        gpu: the GPU device it is pinned to (None on CPU).
+        gpu: the GPU device it is pinned to (None on CPU); ``gpu.gpu_index`` counts on its own node.
+        node_id / node_ip: the Ray node it runs on (``ray.io/node-id`` label, ``node:<ip>`` resource); None for
+            the local node, as every instance of a single-node ``plan()`` is.
     """
 
     rank: int
@@ -75,11 +77,17 @@ class PlannedInstance:
     batch_overhead_tokens: float | None = None  # None: the replica measures it at start-up
     gpu: GpuBinding | None = None
     backend: str = "torch"
+    node_id: str | None = None
+    node_ip: str | None = None
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The placement of every instance, and what could not be placed."""
+    """The placement of every instance, and what could not be placed.
+
+    A cluster plan (``orchestrator/cluster_planner.py``) lists the instances of each node together, nodes in their
+    given order, so that one Serve deployment per node can hand its replica of rank r the r-th instance of its node.
+    """
 
     instances: tuple[PlannedInstance, ...]
     device_kind: str
@@ -91,6 +99,29 @@ class Plan:
         if not 0 <= rank < len(self.instances):
             raise PlanError(f"replica rank {rank} has no planned instance (plan has {len(self.instances)})")
         return self.instances[rank]
+
+    def instances_on_node(self, node_id: str | None) -> tuple[PlannedInstance, ...]:
+        """The instances placed on that node (None: the local node of a single-node plan), in rank order."""
+        return tuple(i for i in self.instances if i.node_id == node_id)
+
+    def instance_for_node_rank(self, node_id: str | None, rank: int) -> PlannedInstance:
+        """The instance the replica of the given rank in that node's deployment serves; raises PlanError for an
+        unknown rank."""
+        on_node = self.instances_on_node(node_id)
+        if not 0 <= rank < len(on_node):
+            raise PlanError(
+                f"replica rank {rank} has no planned instance on node {node_id} (the node has {len(on_node)})"
+            )
+        return on_node[rank]
+
+
+def instances_by_node(plan: Plan) -> dict[str | None, tuple[PlannedInstance, ...]]:
+    """The plan's instances grouped by ``node_id``: nodes in order of their first instance, each group in rank
+    order. A single-node plan gives one group, under None."""
+    groups: dict[str | None, list[PlannedInstance]] = {}
+    for instance in plan.instances:
+        groups.setdefault(instance.node_id, []).append(instance)
+    return {node_id: tuple(group) for node_id, group in groups.items()}
 
 
 def _cpu_pool_shape(config: Config, wanted: int, num_cores: int) -> tuple[int, int]:

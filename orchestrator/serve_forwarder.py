@@ -22,8 +22,8 @@ READINESS_POLL_S = 1.0
 class ServeForwarder:
     """``Forwarder`` over a handle to the embedding deployment; ``readiness()`` gives (running, planned) replicas."""
 
-    def __init__(self, handle: Any, app_name: str, deployment_name: str, planned: int) -> None:
-        self._method = handle.forward
+    def __init__(self, app_name: str, deployment_name: str, planned: int) -> None:
+        self._method: Any = None  # the handle is made on first use, inside the front door's event loop (see below)
         self._app_name = app_name
         self._deployment_name = deployment_name
         self._planned = planned
@@ -38,6 +38,12 @@ class ServeForwarder:
 
         if self._running == 0:
             raise NoInstance(f"0 of {self._planned} instances running; Serve is restarting them")
+        if self._method is None:
+            from ray import serve
+
+            # With RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 (see deploy.start_ray) the handle's router runs on the
+            # loop that first uses it: it must be this one.
+            self._method = serve.get_deployment_handle(self._deployment_name, self._app_name).forward
         response = self._method.remote(request)
         try:
             return await response
@@ -53,8 +59,12 @@ class ServeForwarder:
         """(replicas running, replicas planned), refreshed about once a second."""
         return self._running, self._planned
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop watching and shut Serve down from this loop: the handle's router lives on it (see ``__call__``)."""
+        from ray import serve
+
         self._stop.set()
+        await serve.shutdown_async()
 
     def _watch(self) -> None:
         import ray

@@ -49,7 +49,7 @@ def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     try:
         deploy.deploy(loaded, placement, tuning=tuning, timeout_s=240)
         forwarder = deploy.open_forwarder(placement)
-        front.front_door.attach(forwarder, forwarder.readiness, forwarder.close)
+        front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
         yield f"http://127.0.0.1:{loaded.config.server.port}", loaded, placement
     finally:
         front.stop()

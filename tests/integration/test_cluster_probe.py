@@ -1,0 +1,131 @@
+"""``discover_nodes`` on a real 2-node Ray cluster started on this machine with ``ray.cluster_utils.Cluster``.
+
+The cluster lives in a subprocess (this file run as a script), for two reasons: a process can join one Ray cluster
+only, and the session's Ray of the other integration tests (``conftest.served``) may already be initialised here;
+and ``Cluster`` writes the "current cluster" address file that an address-less ``ray.init`` joins, so the
+subprocess gets its own ``RAY_TMPDIR`` and no other Ray on this machine can see that file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.hardware.topology import CpuTopology, Topology
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+
+
+def probe_reporting_its_node(fail_unless_on: str | None = None, sleep_unless_on: str | None = None) -> Topology:
+    """A probe whose Topology names the node it ran on (in ``warnings``), so the test sees where each task ran.
+
+    With ``fail_unless_on`` / ``sleep_unless_on`` set to a node id, it raises / hangs on every other node.
+    """
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    if fail_unless_on is not None and node_id != fail_unless_on:
+        raise RuntimeError(f"no driver on {node_id[:8]}\n  (second line that must not reach the warning)")
+    if sleep_unless_on is not None and node_id != sleep_unless_on:
+        time.sleep(60)
+    return Topology(cpu=CpuTopology(cores=(0,)), warnings=(f"probed on {node_id}",))
+
+
+def run_cluster(result_path: str) -> None:
+    """Start a head and a worker node, run three discoveries, shut everything down, write what was seen as JSON."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from orchestrator.hardware.cluster_probe import discover_nodes
+
+    small = {"num_cpus": 1, "object_store_memory": 128 * MIB}
+    cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
+    result: dict[str, object] = {}
+    try:
+        worker = cluster.add_node(**small)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+        head_id = cluster.head_node.node_id
+        result["head_id"], result["worker_id"] = head_id, worker.node_id
+        calls = {
+            "plain": (probe_reporting_its_node, 60.0),
+            "failing": (functools.partial(probe_reporting_its_node, fail_unless_on=head_id), 60.0),
+            "silent": (functools.partial(probe_reporting_its_node, sleep_unless_on=head_id), 3.0),
+        }
+        for name, (probe, timeout_s) in calls.items():
+            nodes, warnings = discover_nodes(probe, timeout_s=timeout_s)
+            result[name] = {
+                "nodes": [[n.node_id, n.node_ip, n.hostname, n.is_head, list(n.topology.warnings)] for n in nodes],
+                "warnings": list(warnings),
+            }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    result["ray_initialized_after"] = ray.is_initialized()
+    Path(result_path).write_text(json.dumps(result))
+
+
+def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
+    ray_tmp = tempfile.mkdtemp(prefix="rcp-", dir="/tmp")  # short: Ray's socket paths live under it
+    result_path = tmp_path / "result.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, __file__, str(result_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so a timeout can stop the Ray processes it started
+    )
+    try:
+        output, _ = process.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"the 2-node cluster did not finish within 150 s:\n{output[-3000:]}")
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert process.returncode == 0, output[-3000:]
+    elapsed_s = time.monotonic() - started
+    result = json.loads(result_path.read_text())
+    head_id, worker_id = result["head_id"], result["worker_id"]
+    host = socket.gethostname()
+
+    plain = result["plain"]
+    assert plain["warnings"] == []
+    assert [(n[0], n[2], n[3]) for n in plain["nodes"]] == [(head_id, host, True), (worker_id, host, False)]
+    # Each node's probe ran on that node: the Topology it returned names the node it was computed on.
+    assert [n[4] for n in plain["nodes"]] == [[f"probed on {head_id}"], [f"probed on {worker_id}"]]
+
+    worker_name = f"node {plain['nodes'][1][1]} ({worker_id[:8]})"  # both nodes share one IP: the id tells them apart
+    failing = result["failing"]
+    assert [n[0] for n in failing["nodes"]] == [head_id]
+    assert failing["warnings"] == [
+        f"{worker_name}: hardware probe failed (RuntimeError: no driver on {worker_id[:8]}); node skipped"
+    ]
+    silent = result["silent"]
+    assert [n[0] for n in silent["nodes"]] == [head_id]
+    assert silent["warnings"] == [f"{worker_name}: hardware probe did not answer within 3 s; node skipped"]
+    assert result["ray_initialized_after"] is False
+    print(f"2-node cluster discovery took {elapsed_s:.1f} s")
+
+
+if __name__ == "__main__":
+    run_cluster(sys.argv[1])

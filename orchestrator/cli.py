@@ -79,14 +79,16 @@ def _device_cell(instance: PlannedInstance) -> str:
 
 def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
     table = Table(title=f"Placement of {loaded.model_name} ({placement.device_kind})", title_justify="left")
+    on_cluster = any(instance.node_ip for instance in placement.instances)
     columns = ("instance", "type", "device", "pinned to", "resources", "backend", "batch", "concurrency", "capacity")
-    for column in columns:
+    for column in ("node", *columns) if on_cluster else columns:
         table.add_column(column)
     for instance in placement.instances:
         gpu = instance.gpu
         pinned = gpu.device_uuid if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
         memory = f"{gpu.memory_mb} MiB, {gpu.sm_count} SMs" if gpu else f"{instance.threads} thread(s)"
         table.add_row(
+            *((instance.node_ip or "",) if on_cluster else ()),
             instance.name,
             instance.profile,
             _device_cell(instance),
@@ -98,6 +100,24 @@ def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
             str(instance.capacity),
         )
     return table
+
+
+def _plan_on_cluster(loaded: LoadedConfig) -> Plan:
+    """With ``ray.address``: probe every node (one Ray task each), print them, and plan over all of them."""
+    from orchestrator.cluster_planner import plan_cluster
+    from orchestrator.hardware.cluster_probe import describe_node, discover_nodes, node_names
+
+    nodes, warnings = discover_nodes()
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    names = node_names(nodes)
+    for node in nodes:
+        console.print(describe_node(node, names[node.node_id]))
+    flash_available = importlib.util.find_spec("flash_attn") is not None
+    onnx_available = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "onnxscript"))
+    placement = plan_cluster(loaded.config, nodes, loaded.footprint, flash_available, onnx_available)
+    _print_plan(loaded, placement, None)
+    return placement
 
 
 def _print_plan(loaded: LoadedConfig, placement: Plan, gpu_note: str | None) -> None:
@@ -152,6 +172,9 @@ def up_command(
     try:
         with console.status("Starting Ray...") as status:
             deploy.start_ray(loaded)
+            if loaded.config.ray.address:
+                status.update("Probing every node of the cluster...")
+                placement = _plan_on_cluster(loaded)
             expected = len(placement.instances)
 
             def progress(ready: int, total: int) -> None:
@@ -161,6 +184,9 @@ def up_command(
             deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
             forwarder = deploy.open_forwarder(placement)
             front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+    except PlanError as error:  # the cluster cannot hold the config: nothing was deployed
+        _stop(front)
+        raise _fail(error.message, 2) from None
     except OrchestratorError as error:
         _stop(front)
         raise _fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None
@@ -218,11 +244,12 @@ def export_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 
 def _register_gpu_commands() -> None:
-    from orchestrator.cli_gpu import doctor_command, mig_app
+    from orchestrator.cli_gpu import doctor_command, mig_app, worker_command
     from orchestrator.cli_status import status_command
 
     app.add_typer(mig_app, name="mig")
     app.command("doctor")(doctor_command)
+    app.command("worker")(worker_command)
     app.command("status")(status_command)
 
 

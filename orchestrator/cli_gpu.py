@@ -1,4 +1,4 @@
-"""GPU commands of the CLI: ``orchestrator mig plan`` (and ``--apply``) and ``orchestrator doctor``."""
+"""GPU commands of the CLI: ``orchestrator mig plan`` (and ``--apply``), ``doctor`` and ``worker``."""
 
 from __future__ import annotations
 
@@ -93,3 +93,50 @@ def doctor_command() -> None:
     failed = sum(check.status == "fail" for check in checks)
     if failed:
         raise typer.Exit(1)
+
+
+def ray_worker_command(address: str, extra: list[str]) -> list[str]:
+    """The ``ray start`` line that joins a node to the cluster at ``address`` (in the foreground)."""
+    return ["ray", "start", "--address", address, "--block", *extra]
+
+
+def worker_command(
+    address: Annotated[str, typer.Option(help="The head's Ray address, host:6379 (what `ray start --head` printed).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what this node offers and the command.")] = False,
+    ray_args: Annotated[
+        list[str] | None,  # noqa: UP007
+        typer.Argument(help="Extra `ray start` options, after --, e.g. -- --num-cpus 8."),
+    ] = None,
+) -> None:
+    """Join this machine to a Ray cluster as a worker node, so `orchestrator up` on the head can use its slices.
+
+    The node is probed through NVML here (the same probe `up` runs on every node), its GPUs and MIG slices are
+    printed, then `ray start --address ADDRESS --block` runs in the foreground (Ctrl-C leaves the cluster). Nothing
+    else is needed for its slices to be used: `up` places each node's replicas with Ray's node-id label and pins
+    them to their slice by MIG UUID itself. This machine needs the same mig-orchestrator environment as the head.
+    """
+    from orchestrator.cli import _fail, console
+    from orchestrator.hardware.cluster_probe import NodeTopology, describe_node
+
+    topology = probe_topology()
+    if topology.gpu_note:
+        console.print(f"[yellow]note:[/yellow] {topology.gpu_note.removesuffix('; serving on CPU pools.')}")
+    for warning in topology.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    node = NodeTopology(node_id="", node_ip="this node", hostname=os.uname().nodename, is_head=False, topology=topology)
+    console.print(describe_node(node, "this node"))
+    pending = [gpu.index for gpu in topology.gpus if gpu.mig_reset_pending]
+    if pending:
+        console.print(
+            f"[yellow]warning:[/yellow] GPU {pending} wait for a reset before MIG applies (run `orchestrator doctor`)"
+        )
+    command = ray_worker_command(address, list(ray_args or []))
+    console.print("$ " + shlex.join(command))
+    if dry_run:
+        return
+    try:
+        os.execvp(command[0], command)  # replaces this process: Ctrl-C and exit codes are ray's own
+    except OSError as error:
+        raise _fail(
+            f"could not run `ray start` ({error.strerror}): install ray[serve] in this environment", 1
+        ) from None

@@ -11,20 +11,18 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.planner import Plan
-
-if TYPE_CHECKING:
-    from orchestrator.serve_forwarder import ServeForwarder
+from orchestrator.planner import Plan, instances_by_node
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "embeddings"
 DEPLOYMENT_NAME = "EmbeddingReplica"
 ROUTER_CLASS = "orchestrator.router:WeightedLoadRouter"
+NODE_ID_LABEL = "ray.io/node-id"
 SERVE_TRANSPORT_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
@@ -72,21 +70,36 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
 
 
-def actor_options(plan: Plan) -> dict[str, object]:
+def app_name_for(node_id: str | None, node_ip: str | None) -> str:
+    """The Serve application of one node's replicas: ``embeddings`` on a single machine, one per node in a cluster."""
+    if node_id is None:
+        return APP_NAME
+    return f"{APP_NAME}-{node_ip or node_id[:8]}-{node_id[:8]}"
+
+
+def actor_options(plan: Plan, node_id: str | None = None) -> dict[str, object]:
     """Ray options shared by all replicas of the plan.
 
     Replicas ask Ray for no CPU and no GPU: CPU pools are pinned by affinity and GPU replicas by
     CUDA_VISIBLE_DEVICES set to their MIG or GPU UUID in the replica itself, because Ray counts only physical GPUs
     and knows nothing of MIG. Ray is told not to overwrite CUDA_VISIBLE_DEVICES.
     """
-    options: dict[str, object] = {"num_cpus": 0}
-    if any(instance.gpu is not None for instance in plan.instances):
-        options["runtime_env"] = {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+    instances = plan.instances_on_node(node_id)
+    env_vars = dict(SERVE_TRANSPORT_ENV)  # replicas on other nodes do not inherit this driver's environment
+    if any(instance.gpu is not None for instance in instances):
+        env_vars["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
+    options: dict[str, object] = {"num_cpus": 0, "runtime_env": {"env_vars": env_vars}}
+    if node_id is not None:
+        # Every Ray node carries its id as this label: the node's replicas can only start where its slices are.
+        options["label_selector"] = {NODE_ID_LABEL: node_id}
     return options
 
 
-def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = ServeTuning()):  # noqa: ANN201
-    """The Serve application: one deployment, one replica per planned instance, routed by our balancer."""
+def build_application(  # noqa: ANN201
+    loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = ServeTuning(), node_id: str | None = None
+):
+    """The Serve application of one node (None: this machine): one deployment, one replica per planned instance on
+    that node, routed by our balancer."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -95,6 +108,7 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
     config = loaded.config
     spec = ReplicaSpec(
         plan=plan,
+        node_id=node_id,
         model_folder=str(loaded.model_folder),
         model_name=loaded.model_name,
         pooling=config.model.pooling,
@@ -115,12 +129,13 @@ def build_application(loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = Se
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the router.
-    max_ongoing = max(max(i.max_queued_texts for i in plan.instances), 16)
+    instances = plan.instances_on_node(node_id)
+    max_ongoing = max(max(i.max_queued_texts for i in instances), 16)
     deployment = serve.deployment(EmbeddingReplica).options(
         name=DEPLOYMENT_NAME,
-        num_replicas=len(plan.instances),
+        num_replicas=len(instances),
         max_ongoing_requests=max_ongoing,
-        ray_actor_options=actor_options(plan),
+        ray_actor_options=actor_options(plan, node_id),
         health_check_period_s=tuning.health_check_period_s,
         graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
@@ -146,37 +161,66 @@ def deploy(
     from orchestrator.metrics_hub import start_hub
 
     start_hub()  # before the replicas, which look it up when they start
-    app = build_application(loaded, plan, tuning)
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    wait_until_running(len(plan.instances), timeout_s, on_progress)
+    groups = instances_by_node(plan)
+    for node_id, instances in groups.items():
+        app = build_application(loaded, plan, tuning, node_id)
+        serve.run(app, name=app_name_for(node_id, instances[0].node_ip), route_prefix=None, blocking=False)
+    wait_until_running(
+        {app_name_for(node_id, instances[0].node_ip): len(instances) for node_id, instances in groups.items()},
+        timeout_s,
+        on_progress,
+    )
 
 
-def open_forwarder(plan: Plan) -> ServeForwarder:
-    """A forwarder to the deployed replicas, for the front door (routing by our balancer, as any handle does)."""
+def open_forwarder(plan: Plan) -> Any:
+    """The front door's forwarder: to this machine's replicas, or spread over one forwarder per node.
+
+    Routing inside a node is our balancer (the deployment's router, through a handle); across nodes the front door
+    sends each request to the node with the least outstanding work per unit of capacity (``NodeSpreadForwarder``).
+    """
+    from orchestrator.forwarding import NodeSpreadForwarder
     from orchestrator.serve_forwarder import ServeForwarder
 
-    return ServeForwarder(APP_NAME, DEPLOYMENT_NAME, len(plan.instances))
+    forwarders = []
+    for node_id, instances in instances_by_node(plan).items():
+        name = app_name_for(node_id, instances[0].node_ip)
+        capacity = sum(instance.capacity for instance in instances)
+        forwarders.append((ServeForwarder(name, DEPLOYMENT_NAME, len(instances)), capacity))
+    if len(forwarders) == 1:
+        return forwarders[0][0]
+    return NodeSpreadForwarder(forwarders)
 
 
-def wait_until_running(expected: int, timeout_s: float, on_progress: Callable[[int, int], None] | None = None) -> None:
-    """Poll Serve until ``expected`` replicas run; raise DeployError with Serve's message if it fails."""
+def wait_until_running(
+    expected: dict[str, int], timeout_s: float, on_progress: Callable[[int, int], None] | None = None
+) -> None:
+    """Poll Serve until every application runs its expected replicas (application name -> count); raise
+    DeployError with Serve's message if one fails."""
     from ray import serve
     from ray.serve._private.common import ReplicaState
 
     deadline = time.monotonic() + timeout_s
+    total = sum(expected.values())
     while True:
-        status = serve.status().applications.get(APP_NAME)
-        deployment = status.deployments.get(DEPLOYMENT_NAME) if status else None
-        running = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+        applications = serve.status().applications
+        running = 0
+        all_running = True
+        for name, count in expected.items():
+            status = applications.get(name)
+            deployment = status.deployments.get(DEPLOYMENT_NAME) if status else None
+            ready = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+            running += min(ready, count)
+            all_running &= status is not None and status.status == "RUNNING" and ready >= count
+            if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                message = (deployment.message if deployment else "") or status.message
+                reason = message.strip().splitlines()[-1] if message else "no reason"
+                raise DeployError(f"deployment {name} failed: {reason}")
         if on_progress is not None:
-            on_progress(running, expected)
-        if status is not None and status.status == "RUNNING" and running >= expected:
+            on_progress(running, total)
+        if all_running:
             return
-        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            message = (deployment.message if deployment else "") or status.message
-            raise DeployError(f"deployment failed: {message.strip().splitlines()[-1] if message else 'no reason'}")
         if time.monotonic() > deadline:
-            raise DeployError(f"only {running} of {expected} replicas ready after {timeout_s:.0f} s")
+            raise DeployError(f"only {running} of {total} replicas ready after {timeout_s:.0f} s")
         time.sleep(0.25)
 
 

@@ -8,8 +8,9 @@ replica dies, the front door still holds the request and can send it to another 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -44,3 +45,45 @@ class NoInstance(Exception):
 
 Forwarder = Callable[[ForwardedRequest], Awaitable[ForwardedResponse]]
 """Sends one request to one replica chosen by the balancer; raises InstanceLost or NoInstance."""
+
+
+class NodeSpreadForwarder:
+    """Spreads requests over several nodes' forwarders (one Serve application per node in a cluster).
+
+    Each request goes to the node with the least outstanding requests per unit of capacity, among nodes with a
+    running instance (all of them if none has one), counted here: this front door is the only sender, so the count
+    is exact. Inside the chosen node our balancer picks the replica. A retried request is spread again.
+    """
+
+    def __init__(self, forwarders: Sequence[tuple[Any, int]]) -> None:
+        """``forwarders``: (forwarder with ``readiness()``, the node's total capacity) per node."""
+        self._forwarders = [forwarder for forwarder, _ in forwarders]
+        self._capacity = [max(capacity, 1) for _, capacity in forwarders]
+        self._outstanding = [0] * len(forwarders)
+
+    def choose(self) -> int:
+        """Index of the node to send the next request to."""
+        running = [n for n, forwarder in enumerate(self._forwarders) if forwarder.readiness()[0] > 0]
+        candidates = running or list(range(len(self._forwarders)))
+        return min(candidates, key=lambda n: ((self._outstanding[n] + 1) / self._capacity[n], n))
+
+    async def __call__(self, request: ForwardedRequest) -> ForwardedResponse:
+        chosen = self.choose()
+        self._outstanding[chosen] += 1
+        try:
+            return await self._forwarders[chosen](request)
+        finally:
+            self._outstanding[chosen] -= 1
+
+    def readiness(self) -> tuple[int, int]:
+        """(instances running, instances planned) over every node."""
+        counts = [forwarder.readiness() for forwarder in self._forwarders]
+        return sum(ready for ready, _ in counts), sum(planned for _, planned in counts)
+
+    async def aclose(self) -> None:
+        """Stop every node's watcher, then shut Serve down once (as ``ServeForwarder.aclose`` does)."""
+        from ray import serve
+
+        for forwarder in self._forwarders:
+            forwarder.stop_watching()
+        await serve.shutdown_async()

@@ -63,8 +63,11 @@ class ServeForwarder:
         """Stop watching and shut Serve down from this loop: the handle's router lives on it (see ``__call__``)."""
         from ray import serve
 
-        self._stop.set()
+        self.stop_watching()
         await serve.shutdown_async()
+
+    def stop_watching(self) -> None:
+        self._stop.set()
 
     def _watch(self) -> None:
         import ray

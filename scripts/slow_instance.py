@@ -77,8 +77,9 @@ def replica_nice_on(core: int) -> int:
 
     for process in psutil.process_iter(["name", "cmdline"]):
         title = " ".join(process.info["cmdline"] or []) + (process.info["name"] or "")
-        with contextlib.suppress(psutil.Error):
-            if "ServeReplica" in title and process.cpu_affinity() == [core]:
+        with contextlib.suppress(psutil.Error, OSError):
+            # The replica pins the threads that compute (its main thread stays Ray's): look at every thread.
+            if "ServeReplica" in title and any(os.sched_getaffinity(t.id) == {core} for t in process.threads()):
                 return int(process.nice())
     raise SystemExit(f"no replica pinned to core {core} found")
 

@@ -35,6 +35,7 @@ class ReplicaSpec:
     """Everything a replica needs, decided by the planner and the config (pickled to each replica)."""
 
     plan: Plan
+    node_id: str | None  # the node whose instances this deployment serves (None: the only machine)
     model_folder: str
     model_name: str
     pooling: str
@@ -180,7 +181,7 @@ class EmbeddingReplica:
     def __init__(self, spec: ReplicaSpec) -> None:
         self._spec = spec
         self._rank = _current_rank()
-        self._instance = spec.plan.instance_for_rank(self._rank)
+        self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)
         self._service = build_instance_service(spec, self._instance)
         self._hub = find_hub()
         self._push_task: asyncio.Task[None] | None = None

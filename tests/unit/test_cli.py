@@ -112,3 +112,21 @@ def test_status_without_a_service_is_one_line() -> None:
     result = runner.invoke(app, ["status", "--url", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 1
     assert "no orchestrator answers at" in result.output and "start it with orchestrator up" in result.output
+
+
+def test_worker_dry_run_shows_the_nodes_slices_and_the_ray_command(monkeypatch) -> None:
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "a100_80gb_mixed")
+    result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run", "--", "--num-cpus", "8"])
+    assert result.exit_code == 0, result.output
+    assert "MIG 3g.40gb, 2g.20gb, 1g.10gb x2" in result.output
+    assert "$ ray start --address 10.0.0.1:6379 --block --num-cpus 8" in result.output
+
+
+def test_worker_on_a_node_without_nvidia_driver_says_so(monkeypatch) -> None:
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "library_missing")
+    result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
+    assert result.exit_code == 0 and "no GPU" in result.output and "Traceback" not in result.output

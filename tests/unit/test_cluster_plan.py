@@ -261,3 +261,28 @@ def test_discover_nodes_skips_failed_and_silent_nodes_with_one_line(monkeypatch:
         f"node 10.0.0.4: hardware probe failed ({cluster_probe._one_line(crash)}); node skipped",
     )
     assert "\n" not in warnings[2] and fake.cancelled == [w2]
+
+
+def test_each_node_gets_its_own_application_pinned_to_it(cluster: list[NodeTopology]) -> None:
+    """What the deploy step makes of a cluster plan: one Serve application per node, its replicas held to that node
+    by Ray's node-id label, and a front door spreading requests over the nodes by capacity."""
+    from orchestrator.deploy import NODE_ID_LABEL, actor_options, app_name_for, open_forwarder
+    from orchestrator.forwarding import NodeSpreadForwarder
+
+    placement = plan_cluster(config("1g.20gb", "3g.40gb", "3g.40gb", "2g.20gb"), cluster, MINILM)
+    nodes = ("id-10.0.0.1", "id-10.0.0.2")
+    for node_id in nodes:
+        options = actor_options(placement, node_id)
+        assert options["label_selector"] == {NODE_ID_LABEL: node_id}
+        assert options["runtime_env"]["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] == "1"
+    names = {app_name_for(node_id, node_id[3:]) for node_id in nodes}
+    assert len(names) == 2 and app_name_for(None, None) == "embeddings"
+    spread = open_forwarder(placement)
+    try:
+        assert isinstance(spread, NodeSpreadForwarder)
+        # A holds 3g.40gb + 2g.20gb, B 1g.20gb + 3g.40gb: capacities from their SMs, planned counts per node.
+        expected = [sum(i.capacity for i in placement.instances_on_node(node_id)) for node_id in nodes]
+        assert spread._capacity == expected and spread.readiness() == (4, 4)
+    finally:
+        for forwarder in spread._forwarders:
+            forwarder.stop_watching()

@@ -38,7 +38,8 @@ def test_a100_40gb_seven_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sum("unused MIG slice" in n for n in placement.notes) == 4
     options = actor_options(placement)
     assert options["num_cpus"] == 0
-    assert options["runtime_env"] == {"env_vars": {"RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}}
+    assert options["runtime_env"]["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] == "1"
+    assert "label_selector" not in options  # one machine: Serve places replicas anywhere on it
 
 
 def test_a100_80gb_mixed_capacities_follow_sms(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,7 +102,7 @@ def test_no_usable_gpu_falls_back_to_cpu_pools(monkeypatch: pytest.MonkeyPatch, 
     assert topology.gpus == () and topology.gpu_note.startswith("No GPU found")
     placement = plan(config("1g.5gb", "1g.5gb"), topology, MINILM)
     assert placement.device_kind == "cpu" and all(i.gpu is None for i in placement.instances)
-    assert "runtime_env" not in actor_options(placement)
+    assert "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES" not in actor_options(placement)["runtime_env"]["env_vars"]
 
 
 def test_mig_plan_on_a_disabled_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +120,7 @@ def test_metric_labels_of_mig_and_cpu_instances_follow_dcgm(monkeypatch: pytest.
     topology = probe_topology()
     placement = plan(config("1g.10gb", "cpu"), topology, MINILM)
     spec = ReplicaSpec(
-        placement, "/m", "minilm", "auto", "auto", "auto", "right", {}, None, "none", None, None, True, 8, 1000
+        placement, None, "/m", "minilm", "auto", "auto", "auto", "right", {}, None, "none", None, None, True, 8, 1000
     )
     mig, cpu = (metric_labels(spec, instance) for instance in placement.instances)
     gpu = topology.gpus[0]

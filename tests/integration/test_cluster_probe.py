@@ -46,7 +46,11 @@ def probe_reporting_its_node(fail_unless_on: str | None = None, sleep_unless_on:
 
 
 def run_cluster(result_path: str) -> None:
-    """Start a head and a worker node, run three discoveries, shut everything down, write what was seen as JSON."""
+    """Start a head and a worker node, run three discoveries, serve across both, shut everything down, write what
+    was seen as JSON."""
+    from orchestrator.deploy import SERVE_TRANSPORT_ENV
+
+    os.environ.update(SERVE_TRANSPORT_ENV)  # as `orchestrator up` runs: set before Serve is imported
     import ray
     from ray.cluster_utils import Cluster
 
@@ -72,11 +76,74 @@ def run_cluster(result_path: str) -> None:
                 "nodes": [[n.node_id, n.node_ip, n.hostname, n.is_head, list(n.topology.warnings)] for n in nodes],
                 "warnings": list(warnings),
             }
+        result["serving"] = serve_across(cluster.head_node, worker)
     finally:
         ray.shutdown()
         cluster.shutdown()
     result["ray_initialized_after"] = ray.is_initialized()
     Path(result_path).write_text(json.dumps(result))
+
+
+def serve_across(head: object, worker: object) -> dict[str, object]:
+    """Deploy two CPU pools, one per node (as a cluster plan places GPU slices), behind one front door; send
+    requests; return which instance answered them and on which node each instance's replica runs."""
+    import asyncio
+    import dataclasses
+
+    import aiohttp
+    import ray
+
+    from orchestrator import deploy
+    from orchestrator.front_door_server import front_door_server_for
+    from orchestrator.hardware.topology import CpuTopology, Topology
+    from orchestrator.planner import Plan, plan
+    from tests.integration.conftest import free_port, make_loaded
+
+    loaded = make_loaded(free_port())
+    local = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)
+    nodes = (head, worker)
+    instances = tuple(
+        dataclasses.replace(instance, node_id=node.node_id, node_ip=node.node_ip_address)  # type: ignore[attr-defined]
+        for instance, node in zip(local.instances, nodes, strict=True)
+    )
+    placement = Plan(instances=instances, device_kind="cpu", backend_lines=local.backend_lines)
+    front = front_door_server_for(loaded)
+    front.start()
+    try:
+        deploy.start_ray(loaded)  # joins the cluster this process is connected to; starts Serve there
+        deploy.deploy(loaded, placement, deploy.ServeTuning(graceful_shutdown_timeout_s=1.0), timeout_s=120)
+        forwarder = deploy.open_forwarder(placement)
+        front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+
+        async def requests() -> list[tuple[int, str, int]]:
+            url = f"http://127.0.0.1:{loaded.config.server.port}/v1/embeddings"
+            async with aiohttp.ClientSession() as session:
+
+                async def one(n: int) -> tuple[int, str, int]:
+                    async with session.post(url, json={"input": [f"text number {n}"] * 8}) as response:
+                        body = await response.json()
+                        return response.status, response.headers.get("x-instance", ""), len(body.get("data", []))
+
+                return await asyncio.gather(*(one(n) for n in range(24)))
+
+        answers = asyncio.run(requests())
+        health = json.loads(
+            __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{loaded.config.server.port}/health").read()
+        )
+        replica_nodes = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if "EmbeddingReplica" in entry["name"]:
+                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+                where = ray.get(actor.__ray_call__.remote(lambda _self: ray.get_runtime_context().get_node_id()))
+                replica_nodes[entry["name"]] = where
+    finally:
+        front.stop()
+    return {
+        "answers": answers,
+        "health": health,
+        "replica_nodes": replica_nodes,
+        "planned": {i.name: i.node_id for i in placement.instances},
+    }
 
 
 def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
@@ -124,8 +191,17 @@ def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
     assert [n[0] for n in silent["nodes"]] == [head_id]
     assert silent["warnings"] == [f"{worker_name}: hardware probe did not answer within 3 s; node skipped"]
     assert result["ray_initialized_after"] is False
-    print(f"2-node cluster discovery took {elapsed_s:.1f} s")
+
+    # Serving across the two nodes: one Serve application per node, each replica on its planned node, one endpoint.
+    serving = result["serving"]
+    assert sorted(serving["replica_nodes"].values()) == sorted([head_id, worker_id])
+    assert {status for status, _, _ in serving["answers"]} == {200}
+    assert all(count == 8 for _, _, count in serving["answers"])
+    assert {instance for _, instance, _ in serving["answers"]} == set(serving["planned"])  # both nodes served
+    assert (serving["health"]["instances_ready"], serving["health"]["instances_planned"]) == (2, 2)
+    print(f"2-node cluster discovery and serving took {elapsed_s:.1f} s")
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # run as a script: make ``tests`` importable
     run_cluster(sys.argv[1])

@@ -33,13 +33,16 @@ class FrontDoorServer:
         self._grace_s = shutdown_grace_s
         self._server = None
         self._thread: threading.Thread | None = None
+        self.listening_socket: socket.socket | None = None
 
     def start(self) -> None:
         """Bind the port (raises PortBusy) and start serving in the background."""
         import uvicorn
 
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+        # keep-alive client waits for a delayed ACK (40 ms) on every answer written in two parts (headers, body).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self._host, self._port))
@@ -50,6 +53,7 @@ class FrontDoorServer:
                 raise PortBusy(f"{where} is already in use: stop what holds it, or pass --port N") from None
             raise PortBusy(f"cannot listen on {where} ({error.strerror}): check server.host or --port") from None
         sock.listen(2048)
+        self.listening_socket = sock
         sock.set_inheritable(True)
         config = uvicorn.Config(
             self.front_door,

@@ -183,3 +183,27 @@ def test_through_a_real_instance_app(minilm_folder: Path) -> None:
     assert len(orjson.loads(body)) == 2
     status, _, body = asyncio.run(_call(door, "POST", "/v1/embeddings", b'{"input": 3'))
     assert status == 400 and orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_server_answers_json_while_starting_and_sets_tcp_nodelay() -> None:
+    """Over real HTTP: 503 "starting" before any replica is attached, on a keep-alive connection; the listening
+    socket declares TCP, which is what makes asyncio set TCP_NODELAY on every accepted connection (without it,
+    answers written as headers then body wait for the client's delayed ACK, about 40 ms each)."""
+    import socket
+
+    import httpx
+
+    from orchestrator.front_door_server import FrontDoorServer
+
+    server = FrontDoorServer(FrontDoor(max_request_bytes=100, request_timeout_s=5), "127.0.0.1", 0)
+    server.start()
+    try:
+        sock = server.listening_socket
+        assert sock is not None and sock.proto == socket.IPPROTO_TCP
+        port = sock.getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            answers = [client.get("/health") for _ in range(2)]  # the same connection twice
+        assert [answer.status_code for answer in answers] == [503, 503]
+        assert answers[0].json()["error_type"] == "Unavailable" and answers[0].headers["retry-after"] == "1"
+    finally:
+        server.stop()

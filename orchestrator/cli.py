@@ -74,6 +74,8 @@ def _device_cell(instance: PlannedInstance) -> str:
         return f"cpu pool {instance.rank}"
     if gpu.kind == "mig":
         return f"GPU {gpu.gpu_index} / MIG {gpu.profile} (GI {gpu.gpu_instance_id})"
+    if gpu.device_count > 1:
+        return f"GPUs {','.join(str(index) for index in gpu.gpu_indices)} (whole, device map)"
     return f"GPU {gpu.gpu_index} (whole)"
 
 
@@ -85,7 +87,7 @@ def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
         table.add_column(column)
     for instance in placement.instances:
         gpu = instance.gpu
-        pinned = gpu.device_uuid if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
+        pinned = ",".join(gpu.device_uuids) if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
         memory = f"{gpu.memory_mb} MiB, {gpu.sm_count} SMs" if gpu else f"{instance.threads} thread(s)"
         table.add_row(
             *((instance.node_ip or "",) if on_cluster else ()),

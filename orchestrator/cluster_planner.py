@@ -1,8 +1,9 @@
 """Pure placement over a Ray cluster: (config, probed nodes) -> one plan whose instances name their node.
 
 GPU and MIG instances go, in config order, to the first node (head first, then the given order) with a free slice of
-their profile (or a whole GPU without MIG); each node's share is then bound by ``plan_gpu_instances`` on that node's
-own topology, so MIG profile tables, GPU indices and memory checks stay per node exactly as in a single-node plan.
+their profile (or with ``gpus`` free whole GPUs without MIG: an instance spanning GPUs stays on one node); each node's
+share is then bound by ``plan_gpu_instances`` on that node's own topology, so MIG profile tables, GPU indices and
+memory checks stay per node exactly as in a single-node plan.
 CPU-pool instances run on the head node only: it is where ``orchestrator up`` runs (the driver) and the one node
 every cluster has; spreading CPU pools over nodes is left for when CPU-only clusters are in scope. A cluster without
 any GPU is planned like one machine: every instance on CPU pools of the head node.
@@ -47,9 +48,7 @@ class _Assigner:
         """(node id, None) for the node that takes the instance, or (None, the one-line problem)."""
         where = f"instance {instance.name!r}"
         if instance.type == "gpu":
-            if self.whole:
-                return self.whole.pop(0)[0].node_id, None
-            return None, f"{where}: no whole GPU without MIG is left on any node ({self._whole_summary()})"
+            return self._assign_whole(instance, where)
         knowing = [(n, g) for n in self.nodes for g in n.topology.gpus if g.profile(instance.type) is not None]
         if not knowing:
             return None, f"{where}: profile {instance.type!r} does not exist on any node ({self._tables()})"
@@ -68,6 +67,27 @@ class _Assigner:
             f"{where}: no free {instance.type} slice on any node ({self._slices_summary()}); create one with "
             f"sudo nvidia-smi mig -i {gpu.index} -cgi {profile.profile_id} -C on {self.names[node.node_id]}, "
             "or see orchestrator mig plan"
+        )
+
+    def _assign_whole(self, instance: InstanceConfig, where: str) -> tuple[str | None, str | None]:
+        """The first node (in node order) with ``instance.gpus`` free whole GPUs takes them; a model is not split
+        across machines."""
+        for node in self.nodes:
+            mine = [entry for entry in self.whole if entry[0] is node]
+            if len(mine) >= instance.gpus:
+                for entry in mine[: instance.gpus]:
+                    self.whole.remove(entry)
+                return node.node_id, None
+        if instance.gpus == 1:
+            return None, f"{where}: no whole GPU without MIG is left on any node ({self._whole_summary()})"
+        free = "; ".join(
+            f"{self.names[n.node_id]}: {sum(entry[0] is n for entry in self.whole)} free of "
+            f"{sum(not g.mig_enabled and not g.mig_pending_enabled for g in n.topology.gpus)} without MIG"
+            for n in self.nodes
+        )
+        return None, (
+            f"{where}: gpus: {instance.gpus} needs {instance.gpus} whole GPUs without MIG on one node, and no node has "
+            f"that many free ({free})"
         )
 
     def _node_state_problem(self, node: NodeTopology, instance: InstanceConfig) -> str:

@@ -145,7 +145,10 @@ class RayConfig(_Strict):
 
 
 class InstanceConfig(_Strict):
-    """One instance as the seed writes it: a MIG profile and per-instance batching limits."""
+    """One instance as the seed writes it: a MIG profile and per-instance batching limits.
+
+    ``gpus`` > 1 is allowed only with ``type: gpu``: the instance then spans that many whole GPUs of one machine.
+    """
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     type: Annotated[
@@ -158,6 +161,21 @@ class InstanceConfig(_Strict):
     model_path: str | None = None
     batch_size: PositiveInt = 32
     max_concurrency: PositiveInt = 1
+    gpus: PositiveInt = Field(
+        1, description="Whole GPUs one 'gpu' instance spans (its layers split over them by a balanced device map)."
+    )
+
+    @model_validator(mode="after")
+    def _only_whole_gpus_span_devices(self) -> InstanceConfig:
+        if self.gpus > 1 and self.type != "gpu":
+            if self.type == "cpu":
+                why = "a CPU pool grows by threads (cpu_pools.threads_per_pool), not by devices"
+            else:  # CUDA enumerates a single MIG device per process
+                why = "CUDA shows a process one MIG slice only"
+            raise ValueError(
+                f"gpus: {self.gpus} needs type: gpu (whole GPUs without MIG), not type: {self.type}: {why}"
+            )
+        return self
 
 
 class Config(_Strict):

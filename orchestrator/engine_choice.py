@@ -16,6 +16,9 @@ NO_FLASH = frozenset({"mpnet", "bert"})
 # Architectures whose torch.onnx (dynamo) export was checked to give the same vectors as PyTorch. Qwen3 fails in
 # torch.export (step 1 of 3) with torch 2.13 / transformers 5.24, so it stays on PyTorch.
 ONNX_FAMILIES = frozenset({"bert", "mpnet"})
+# Architectures whose transformers class declares no ``_no_split_modules``: a device map could cut a layer between
+# its attention and its residual add, so they are not split across GPUs.
+NO_DEVICE_MAP = frozenset({"mpnet"})
 
 
 class EngineChoiceError(ValueError):
@@ -86,8 +89,26 @@ def check_tensor_parallel(size: int, attention_heads: int | None, key_value_head
         )
     raise EngineChoiceError(
         f"tensor_parallel_size {size} is valid for this model but serving one instance across GPUs is not "
-        "implemented yet: use 1 (one replica per slice or GPU)"
+        "implemented yet: use 1 (one replica per slice or GPU; gpus: N on a type: gpu instance splits the layers "
+        "over N whole GPUs instead)"
     )
+
+
+def check_device_map(gpus: int, model_type: str, accelerate_available: bool) -> None:
+    """Raise EngineChoiceError when an instance spanning ``gpus`` whole GPUs cannot be split: accelerate missing,
+    or an architecture without no-split layer classes (NO_DEVICE_MAP)."""
+    if gpus <= 1:
+        return
+    if model_type in NO_DEVICE_MAP:
+        raise EngineChoiceError(
+            f"gpus: {gpus}: {model_type} declares no layers that must stay whole (_no_split_modules), so it is not "
+            "split across GPUs: use gpus: 1"
+        )
+    if not accelerate_available:
+        raise EngineChoiceError(
+            f"gpus: {gpus} splits the model with accelerate, which does not import here: pip install "
+            "'mig-orchestrator[gpu]' (or accelerate) on the GPU node, or use gpus: 1"
+        )
 
 
 @dataclass(frozen=True)

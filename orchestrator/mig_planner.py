@@ -73,34 +73,68 @@ def _mig_binding(gpu: GpuInfo, mig: MigSlice) -> GpuBinding:
     )
 
 
-def _whole_binding(gpu: GpuInfo) -> GpuBinding:
-    full = max((p.sm_count for p in gpu.profiles), default=WHOLE_GPU_DEFAULT_SMS)
+def _whole_sms(gpu: GpuInfo) -> int:
+    # The largest MIG profile spans every SM; GPUs without MIG report none, so they get a typical count.
+    return max((p.sm_count for p in gpu.profiles), default=WHOLE_GPU_DEFAULT_SMS)
+
+
+def _whole_binding(taken: list[GpuInfo]) -> GpuBinding:
+    """One or more whole GPUs of one machine as one binding: memory and SMs summed, the first GPU named."""
+    first = taken[0]
     return GpuBinding(
         kind="gpu",
-        device_uuid=gpu.uuid,
-        gpu_index=gpu.index,
-        gpu_uuid=gpu.uuid,
-        gpu_name=gpu.name,
+        device_uuid=first.uuid,
+        gpu_index=first.index,
+        gpu_uuid=first.uuid,
+        gpu_name=first.name,
         profile="gpu",
-        memory_mb=gpu.memory_mb,
-        sm_count=full,
+        memory_mb=sum(g.memory_mb for g in taken),
+        sm_count=sum(_whole_sms(g) for g in taken),
+        device_uuids=tuple(g.uuid for g in taken),
+        gpu_indices=tuple(g.index for g in taken),
+    )
+
+
+def _too_few_whole(where: str, wanted: int, free: int, without_mig: int, total: int) -> str:
+    if wanted == 1:
+        return f"{where}: no whole GPU without MIG is left ({total} GPU(s), MIG on the others)"
+    return (
+        f"{where}: gpus: {wanted} needs {wanted} whole GPUs without MIG on one machine, but {without_mig} of the "
+        f"{total} GPU(s) here are without MIG and {free} of them are free: lower gpus, or turn MIG off on more GPUs"
+    )
+
+
+def _too_small(where: str, needed_mb: int, dtype_bytes: int, binding: GpuBinding) -> str:
+    wanted = f"the model needs about {needed_mb} MiB ({dtype_bytes * 8}-bit weights plus headroom)"
+    if binding.kind == "mig":
+        return (
+            f"{where}: {wanted} but {binding.profile} on GPU {binding.gpu_index} has {binding.memory_mb} MiB: "
+            "choose a bigger profile"
+        )
+    indices = ", ".join(str(i) for i in binding.gpu_indices)
+    return (
+        f"{where}: {wanted} but whole GPU(s) {indices} have {binding.memory_mb} MiB together: raise gpus to span "
+        "more whole GPUs"
     )
 
 
 def plan_gpu_instances(
     config: Config, topology: Topology, instances: list[InstanceConfig], footprint: ModelFootprint | None
 ) -> tuple[list[PlannedInstance], list[str]]:
-    """Bind each instance to a free MIG slice of its profile, or (``type: gpu``) to a whole GPU without MIG.
+    """Bind each instance to a free MIG slice of its profile, or (``type: gpu``) to ``gpus`` whole GPUs without MIG
+    (the first free ones, in index order).
 
     Returns the planned instances (ranks from 0, in config order) and notes (unused slices and GPUs). Raises
     PlanError with one line per problem: unknown profile, no free slice (with the free ones and the command that
-    creates one), MIG disabled or waiting for a reset, a model bigger than its slice, too few whole GPUs.
+    creates one), MIG disabled or waiting for a reset, a model bigger than its slice (or than the sum of its whole
+    GPUs' memory), too few whole GPUs (saying how many exist and are free).
     """
     gpus = topology.gpus
     free: dict[int, list[MigSlice]] = {
         g.index: list(g.slices) for g in gpus if g.mig_enabled and not g.mig_reset_pending
     }
     whole = [g for g in gpus if not g.mig_enabled and not g.mig_pending_enabled]
+    without_mig = len(whole)
     by_index = {g.index: g for g in gpus}
     dtype_bytes = _RUNTIME_DTYPE_BYTES.get(config.model.dtype, 2)
     needed_mb = footprint.gpu_memory_mb(dtype_bytes) if footprint is not None else None
@@ -111,10 +145,14 @@ def plan_gpu_instances(
     for instance in instances:
         where = f"instance {instance.name!r}"
         if instance.type == "gpu":
-            if not whole:
-                problems.append(f"{where}: no whole GPU without MIG is left ({len(gpus)} GPU(s), MIG on the others)")
+            if len(whole) < instance.gpus:
+                problems.append(_too_few_whole(where, instance.gpus, len(whole), without_mig, len(gpus)))
                 continue
-            binding = _whole_binding(whole.pop(0))
+            # Capacities add up: the layers run one GPU after another, so the sum is reached only when batches
+            # overlap (max_concurrency > 1: one batch on the last GPU while the next starts on the first).
+            taken, whole = whole[: instance.gpus], whole[instance.gpus :]
+            binding = _whole_binding(taken)
+            capacity = sum(capacity_for_sms(_whole_sms(g)) for g in taken)
         else:
             knowing = [g for g in gpus if g.profile(instance.type) is not None]
             if not knowing:
@@ -142,11 +180,9 @@ def plan_gpu_instances(
             gpu_index, mig = match
             free[gpu_index].remove(mig)
             binding = _mig_binding(by_index[gpu_index], mig)
+            capacity = capacity_for_sms(binding.sm_count)
         if needed_mb is not None and needed_mb > binding.memory_mb:
-            problems.append(
-                f"{where}: the model needs about {needed_mb} MiB ({dtype_bytes * 8}-bit weights plus headroom) but "
-                f"{binding.profile} on GPU {binding.gpu_index} has {binding.memory_mb} MiB: choose a bigger profile"
-            )
+            problems.append(_too_small(where, needed_mb, dtype_bytes, binding))
             continue
         planned.append(
             planned_instance(
@@ -156,7 +192,7 @@ def plan_gpu_instances(
                 device=binding.kind,
                 cpu_cores=(),
                 threads=1,
-                capacity=capacity_for_sms(binding.sm_count),
+                capacity=capacity,
                 gpu=binding,
             )
         )

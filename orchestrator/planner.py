@@ -23,14 +23,17 @@ REQUESTS_PER_THREAD = 8
 
 @dataclass(frozen=True)
 class GpuBinding:
-    """The GPU device a replica is pinned to: a MIG slice or a whole GPU.
+    """The GPU devices a replica is pinned to: a MIG slice, a whole GPU, or several whole GPUs of one machine.
 
     Attributes:
         kind: ``mig`` or ``gpu``.
-        device_uuid: what ``CUDA_VISIBLE_DEVICES`` gets (``MIG-...`` or ``GPU-...``).
-        gpu_index / gpu_uuid / gpu_name: the physical GPU (dcgm-exporter's ``gpu`` and ``UUID`` labels).
+        device_uuid: the first (or only) device (``MIG-...`` or ``GPU-...``); the model's embeddings live there.
+        gpu_index / gpu_uuid / gpu_name: the first physical GPU (dcgm-exporter's ``gpu`` and ``UUID`` labels).
         gpu_instance_id / compute_instance_id: the MIG ids (None for a whole GPU); ``GPU_I_ID`` in DCGM.
-        sm_count / memory_mb: what the device offers.
+        sm_count / memory_mb: what the devices offer together.
+        device_uuids: every device, in CUDA order, first = ``device_uuid``; ``CUDA_VISIBLE_DEVICES`` gets them
+            comma-joined. Left empty, it is ``(device_uuid,)``.
+        gpu_indices: the physical GPU of each device (NVML indices on its node); left empty, ``(gpu_index,)``.
     """
 
     kind: str
@@ -43,6 +46,23 @@ class GpuBinding:
     sm_count: int
     gpu_instance_id: int | None = None
     compute_instance_id: int | None = None
+    device_uuids: tuple[str, ...] = ()
+    gpu_indices: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Single-device bindings (every MIG slice, most whole GPUs) name their device once; fill the tuples so that
+        # readers never special-case them.
+        if not self.device_uuids:
+            object.__setattr__(self, "device_uuids", (self.device_uuid,))
+        if not self.gpu_indices:
+            object.__setattr__(self, "gpu_indices", (self.gpu_index,))
+        if self.device_uuids[0] != self.device_uuid or len(self.gpu_indices) != len(self.device_uuids):
+            raise ValueError(f"inconsistent GpuBinding: {self.device_uuids} / {self.gpu_indices} vs {self.device_uuid}")
+
+    @property
+    def device_count(self) -> int:
+        """How many CUDA devices the replica sees (more than 1 only for ``gpus: N`` whole-GPU instances)."""
+        return len(self.device_uuids)
 
 
 @dataclass(frozen=True)
@@ -214,13 +234,21 @@ def check_engine(
     footprint: ModelFootprint | None,
     flash_available: bool,
     onnx_available: bool = True,
+    accelerate_available: bool | None = None,
 ) -> tuple[list[PlannedInstance], list[str]]:
     """Choose each instance's backend and refuse, one line each, overrides that cannot work on its device
-    (dtype, attention, backend, quantisation) and a tensor_parallel_size the model's heads do not allow.
+    (dtype, attention, backend, quantisation), a tensor_parallel_size the model's heads do not allow, and an
+    instance spanning several GPUs that cannot be split (``accelerate_available`` None: whether it is installed).
 
     Returns the instances with their backend set, and one line per device kind saying which backend and why.
     """
-    from orchestrator.engine_choice import EngineChoiceError, check_tensor_parallel, choose_backend, choose_engine
+    from orchestrator.engine_choice import (
+        EngineChoiceError,
+        check_device_map,
+        check_tensor_parallel,
+        choose_backend,
+        choose_engine,
+    )
 
     model = config.model
     model_type = footprint.model_type if footprint is not None else "unknown"
@@ -244,6 +272,18 @@ def check_engine(
         check_tensor_parallel(model.tensor_parallel_size, heads, kv_heads)
     except EngineChoiceError as error:
         problems.append(f"model.tensor_parallel_size: {error}")
+    for instance in planned:
+        gpus = instance.gpu.device_count if instance.gpu is not None else 1
+        if gpus == 1:
+            continue
+        if accelerate_available is None:
+            import importlib.util  # the one look at the environment, and only when an instance spans GPUs
+
+            accelerate_available = importlib.util.find_spec("accelerate") is not None
+        try:
+            check_device_map(gpus, model_type, accelerate_available)
+        except EngineChoiceError as error:
+            problems.append(f"instance {instance.name!r}: {error}")
     if problems:
         raise PlanError("\n".join(problems))
     chosen = [dataclasses.replace(p, backend=backends["cpu" if p.gpu is None else "cuda"]) for p in planned]
@@ -256,13 +296,14 @@ def plan(
     footprint: ModelFootprint | None = None,
     flash_available: bool = False,
     onnx_available: bool = True,
+    accelerate_available: bool | None = None,
 ) -> Plan:
     """Place every configured instance on the hardware found.
 
     Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
-    instances take CPU pools, ``gpu`` instances take whole GPUs without MIG, and every other instance takes a free
-    MIG slice of its profile (see ``orchestrator/mig_planner.py``). Raises PlanError, one line per problem, when
-    the config cannot be placed.
+    instances take CPU pools, ``gpu`` instances take ``gpus`` whole GPUs without MIG, and every other instance takes
+    a free MIG slice of its profile (see ``orchestrator/mig_planner.py``). Raises PlanError, one line per problem,
+    when the config cannot be placed.
     """
     if not topology.gpus:
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
@@ -280,6 +321,6 @@ def plan(
         cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
         planned += cpu_planned
         notes += cpu_notes
-    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available)
+    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available, accelerate_available)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

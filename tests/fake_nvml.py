@@ -157,6 +157,12 @@ def load_machine(fixture: str | dict[str, Any]) -> FakeMachine:
     return FakeMachine(gpus, *versions, init_error, raw.get("library") == "missing", missing, errors)
 
 
+def machine_of(*gpus: tuple[str, int]) -> dict[str, Any]:
+    """A fixture dict whose GPUs are taken from existing fixtures, as (file stem, GPU position) pairs, in order:
+    ``machine_of(("a100_mig_disabled", 0), ("two_gpus_mig_and_whole", 1))`` is an A100 with MIG off and an L4."""
+    return {"gpus": [json.loads((FIXTURES / f"{stem}.json").read_text())["gpus"][index] for stem, index in gpus]}
+
+
 def _int(value: Any) -> int:
     """An ``unsigned int`` argument arrives as a python int or a ``c_uint``, depending on the wrapper."""
     return int(value.value) if isinstance(value, ctypes._SimpleCData) else int(value)

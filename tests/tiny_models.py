@@ -83,8 +83,10 @@ def build_tiny_mpnet(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def build_tiny_qwen3(folder: Path, seed: int = 0, with_eos_in_tokenizer: bool = True) -> Path:
-    """A 2-layer Qwen3 with last-token pooling and Qwen3-Embedding's query prompt.
+def build_tiny_qwen3(
+    folder: Path, seed: int = 0, with_eos_in_tokenizer: bool = True, num_hidden_layers: int = 2
+) -> Path:
+    """A Qwen3 (2 decoder layers unless told) with last-token pooling and Qwen3-Embedding's query prompt.
 
     Qwen3-Embedding's tokenizer appends ``<|endoftext|>`` to every text and pools that token; with
     ``with_eos_in_tokenizer=False`` the tokenizer does not, and the service must append it itself.
@@ -100,7 +102,7 @@ def build_tiny_qwen3(folder: Path, seed: int = 0, with_eos_in_tokenizer: bool = 
         vocab_size=len(vocab),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,

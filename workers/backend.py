@@ -7,7 +7,7 @@ batcher calls ``embed`` from a worker thread with batches it already sorted by l
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,6 +57,12 @@ _POSITIONS_FROM_IDS = frozenset({"mpnet", "roberta", "xlm-roberta", "camembert"}
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
+def _describe_devices(device_map: Mapping[str, int | str]) -> str:
+    """``cuda:0,1`` for a map over CUDA devices 0 and 1 (what /info shows)."""
+    devices = sorted({str(device) for device in device_map.values()})
+    return "cuda:" + ",".join(devices) if all(d.isdigit() for d in devices) else ",".join(devices)
+
+
 class TorchBackend:
     """A transformers encoder (or decoder) run under torch.inference_mode with pooling from the model card."""
 
@@ -68,8 +74,14 @@ class TorchBackend:
         device: str = "cpu",
         attn_implementation: str = "sdpa",
         padding_side: str = "right",
+        device_map: Mapping[str, int | str] | None = None,
     ) -> None:
-        """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/engine_choice.py)."""
+        """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/engine_choice.py).
+
+        With ``device_map`` (module name -> device, from ``workers/device_map.py``) the model is split over several
+        devices instead of moved to ``device``: inputs go where the embeddings are, pooling runs where the last
+        hidden state comes out.
+        """
         import torch
         from transformers import AutoConfig, AutoModel
 
@@ -79,8 +91,17 @@ class TorchBackend:
         eos = getattr(model_config, "eos_token_id", None)
         fallback = eos[0] if isinstance(eos, list) and eos else eos
         self._pad_id = int(pad if pad is not None else (fallback or 0))
-        self._model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
-        self._model.to(device).eval()
+        if device_map is None:
+            self._model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
+            self._model.to(device).eval()
+        else:
+            # transformers dispatches the weights with accelerate's hooks (activations follow the layers from device
+            # to device) and leaves the model's _skip_keys_device_placement where they are.
+            self._model = AutoModel.from_pretrained(
+                folder, dtype=torch_dtype, attn_implementation=attn_implementation, device_map=dict(device_map)
+            )
+            self._model.eval()
+            device = str(self._model.get_input_embeddings().weight.device)
         self._pooling = pooling
         self._device = device
         self._padding_side = padding_side
@@ -89,7 +110,7 @@ class TorchBackend:
         self.info = BackendInfo(
             dimensions=int(model_config.hidden_size),
             dtype=dtype,
-            device=device,
+            device=device if device_map is None else _describe_devices(device_map),
             backend="torch",
             attn_implementation=attn_implementation,
         )
@@ -107,5 +128,7 @@ class TorchBackend:
             if self._explicit_positions:
                 extra["position_ids"] = (mask_tensor.cumsum(1) - 1).clamp(min=0)
             hidden = self._model(input_ids=ids_tensor, attention_mask=mask_tensor, **extra).last_hidden_state
+            if hidden.device != mask_tensor.device:  # a model split over GPUs may answer from its last one
+                mask_tensor = mask_tensor.to(hidden.device)
             pooled = pool(hidden, mask_tensor, self._pooling)
             return pooled.float().cpu().numpy()

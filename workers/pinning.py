@@ -1,4 +1,5 @@
-"""Binding a replica process to its CPU pool (cores and compute threads) or to its GPU device (MIG slice)."""
+"""Binding a replica process to its CPU pool (cores and compute threads) or to its GPU devices (a MIG slice, or one
+or more whole GPUs)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def pin_to_cpu_pool(cores: Sequence[int], threads: int, torch_threads: bool = Tr
 
 
 class PinningError(RuntimeError):
-    """The replica does not see exactly the device its plan names."""
+    """The replica does not see exactly the devices its plan names."""
 
 
 def _bare_uuid(uuid: str) -> str:
@@ -48,28 +49,45 @@ def _bare_uuid(uuid: str) -> str:
     return text
 
 
-def check_visible_device(expected_uuid: str, visible_uuids: Sequence[str]) -> None:
-    """Raise PinningError unless exactly one device is visible and its UUID is the planned one."""
-    if len(visible_uuids) != 1:
+def check_visible_devices(expected_uuids: Sequence[str], visible_uuids: Sequence[str]) -> None:
+    """Raise PinningError unless the visible devices are exactly the planned ones, in the planned order (device i
+    of the device map must be the i-th planned GPU)."""
+    wanted = len(expected_uuids)
+    if len(visible_uuids) != wanted:
+        count = "exactly one CUDA device" if wanted == 1 else f"exactly {wanted} CUDA devices"
         raise PinningError(
-            f"expected to see exactly one CUDA device ({expected_uuid}), saw {len(visible_uuids)}: "
+            f"expected to see {count} ({', '.join(expected_uuids)}), saw {len(visible_uuids)}: "
             f"{', '.join(visible_uuids) or 'none'} (was CUDA initialised before CUDA_VISIBLE_DEVICES was set?)"
         )
-    if _bare_uuid(visible_uuids[0]) != _bare_uuid(expected_uuid):
-        raise PinningError(f"landed on device {visible_uuids[0]}, but the plan pins this instance to {expected_uuid}")
+    for index, (seen, expected) in enumerate(zip(visible_uuids, expected_uuids, strict=True)):
+        if _bare_uuid(seen) != _bare_uuid(expected):
+            where = "" if wanted == 1 else f" as CUDA device {index}"
+            raise PinningError(f"landed on device {seen}{where}, but the plan pins this instance to {expected}")
 
 
-def pin_to_gpu_device(device_uuid: str) -> None:
-    """Make ``device_uuid`` (a MIG or GPU UUID) the only CUDA device of this process, then verify it.
+def check_visible_device(expected_uuid: str, visible_uuids: Sequence[str]) -> None:
+    """Raise PinningError unless exactly one device is visible and its UUID is the planned one."""
+    check_visible_devices((expected_uuid,), visible_uuids)
+
+
+def pin_to_gpu_devices(device_uuids: Sequence[str]) -> None:
+    """Make ``device_uuids`` (one MIG or GPU UUID, or several whole-GPU UUIDs) the CUDA devices 0..n-1 of this
+    process, in that order, then verify it.
 
     Must run before anything initialises CUDA in the process: CUDA reads CUDA_VISIBLE_DEVICES once.
-    Raises PinningError when torch sees anything but that one device.
+    Raises PinningError when torch sees anything but exactly those devices.
     """
+    joined = ",".join(device_uuids)
     os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    os.environ["CUDA_VISIBLE_DEVICES"] = device_uuid
+    os.environ["CUDA_VISIBLE_DEVICES"] = joined
     import torch
 
     if not torch.cuda.is_available():
-        raise PinningError(f"CUDA is not available in this replica (pinned to {device_uuid}); is the driver visible?")
+        raise PinningError(f"CUDA is not available in this replica (pinned to {joined}); is the driver visible?")
     visible = [str(torch.cuda.get_device_properties(i).uuid) for i in range(torch.cuda.device_count())]
-    check_visible_device(device_uuid, visible)
+    check_visible_devices(device_uuids, visible)
+
+
+def pin_to_gpu_device(device_uuid: str) -> None:
+    """Make ``device_uuid`` (a MIG or GPU UUID) the only CUDA device of this process (see ``pin_to_gpu_devices``)."""
+    pin_to_gpu_devices((device_uuid,))

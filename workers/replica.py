@@ -66,13 +66,13 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
     from workers.calibration import measure_batch_overhead_tokens
     from workers.instance_metrics import InstanceMetrics
     from workers.model_card import read_model_card
-    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_device
+    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_devices
     from workers.service import EmbeddingService, ServiceInfo
     from workers.tokenizer import TextTokenizer
 
     device = "cpu"
     if instance.gpu is not None:
-        pin_to_gpu_device(instance.gpu.device_uuid)  # before anything touches CUDA
+        pin_to_gpu_devices(instance.gpu.device_uuids)  # before anything touches CUDA
         device = "cuda"
     pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
     folder = Path(spec.model_folder)
@@ -114,10 +114,10 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         request_timeout_s=spec.request_timeout_s,
     )
     memory_probe: Any = None
-    if instance.gpu is not None:  # the slice's (or GPU's) memory from NVML; CPU pools report process memory
-        from orchestrator.hardware.nvml_memory import DeviceMemoryProbe
+    if instance.gpu is not None:  # the slice's (or GPUs') memory from NVML; CPU pools report process memory
+        from orchestrator.hardware.nvml_memory import devices_memory_probe
 
-        memory_probe = DeviceMemoryProbe(instance.gpu.device_uuid).probe
+        memory_probe = devices_memory_probe(instance.gpu.device_uuids)
     return EmbeddingService(
         tokenizer,
         batcher,
@@ -149,8 +149,20 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
 
     flash_available = importlib.util.find_spec("flash_attn") is not None
     engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_available)
+    device_map = None
+    if instance.gpu is not None and instance.gpu.device_count > 1:
+        from workers.device_map import balanced_device_map, visible_free_memory
+
+        device_map = balanced_device_map(Path(spec.model_folder), engine.dtype, visible_free_memory())
+        logger.info("instance %s: layers split over %d GPUs: %s", instance.name, instance.gpu.device_count, device_map)
     return TorchBackend(
-        Path(spec.model_folder), card.pooling, engine.dtype, device, engine.attn_implementation, spec.padding_side
+        Path(spec.model_folder),
+        card.pooling,
+        engine.dtype,
+        device,
+        engine.attn_implementation,
+        spec.padding_side,
+        device_map=device_map,
     )
 
 
@@ -240,6 +252,7 @@ class EmbeddingReplica:
             gpu = instance.gpu
             metadata.update(
                 device_uuid=gpu.device_uuid,
+                device_uuids=list(gpu.device_uuids),
                 gpu=gpu.gpu_index,
                 gpu_uuid=gpu.gpu_uuid,
                 gpu_instance_id=gpu.gpu_instance_id,

@@ -1,4 +1,5 @@
-"""Memory of one GPU device (a MIG slice or a whole GPU) by UUID, for the per-instance metrics.
+"""Memory of one GPU device (a MIG slice or a whole GPU) by UUID, for the per-instance metrics; summed over the
+whole GPUs of an instance that spans several.
 
 A MIG handle reports the slice's own memory (``nvmlDeviceGetMemoryInfo`` works per instance). NVML stays
 initialised for the life of the probe, since a replica asks about once a second. Any failure reads as unknown
@@ -8,6 +9,7 @@ initialised for the life of the probe, since a replica asks about once a second.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -41,3 +43,19 @@ class DeviceMemoryProbe:
             with contextlib.suppress(Exception):
                 self._nvml.nvmlShutdown()
         self._nvml = self._handle = None
+
+
+def devices_memory_probe(uuids: Sequence[str]) -> Callable[[], tuple[int | None, int | None]]:
+    """A ``probe`` over the devices of one instance (several whole GPUs for ``gpus: N``): used and total bytes
+    summed, or (None, None) when any device reads as unknown (a partial sum would look like a smaller device)."""
+    probes = [DeviceMemoryProbe(uuid) for uuid in uuids]
+    if len(probes) == 1:
+        return probes[0].probe
+
+    def probe() -> tuple[int | None, int | None]:
+        readings = [p.probe() for p in probes]
+        if any(used is None or total is None for used, total in readings):
+            return None, None
+        return sum(used or 0 for used, _ in readings), sum(total or 0 for _, total in readings)
+
+    return probe

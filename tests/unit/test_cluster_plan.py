@@ -24,7 +24,7 @@ from orchestrator.hardware.probe import probe_topology
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import ModelFootprint
 from orchestrator.planner import instances_by_node, plan
-from tests.fake_nvml import install_fake_nvml
+from tests.fake_nvml import install_fake_nvml, machine_of
 
 MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)
 CORES = CpuTopology(cores=tuple(range(8)))
@@ -125,6 +125,26 @@ def test_whole_gpus_across_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     with pytest.raises(PlanError, match=r"no whole GPU without MIG is left on any node \(node 10.0.0.1: 0 of 1"):
         plan_cluster(config("gpu", "gpu"), nodes, MINILM)
+
+
+def test_an_instance_spanning_gpus_stays_on_one_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head: one L4 beside MIG; second node: an A100 with MIG off and an L4. gpus: 2 skips the head."""
+    nodes = [node(monkeypatch, "two_gpus_mig_and_whole", "10.0.0.1", head=True)]
+    pair = machine_of(("a100_mig_disabled", 0), ("two_gpus_mig_and_whole", 1))
+    nodes.append(node(monkeypatch, pair, "10.0.0.2"))  # type: ignore[arg-type]
+    raw = {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
+    placement = plan_cluster(parse_config(raw), nodes, MINILM)
+    assert [(i.name, i.node_ip, i.gpu.gpu_indices) for i in placement.instances] == [
+        ("one", "10.0.0.1", (1,)),
+        ("big", "10.0.0.2", (0, 1)),
+    ]
+    raw["mig_instances"][1]["gpus"] = 3
+    with pytest.raises(PlanError) as caught:
+        plan_cluster(parse_config(raw), nodes, MINILM)
+    assert str(caught.value) == (
+        "instance 'big': gpus: 3 needs 3 whole GPUs without MIG on one node, and no node has that many free "
+        "(node 10.0.0.1: 0 free of 1 without MIG; node 10.0.0.2: 2 free of 2 without MIG)"
+    )
 
 
 def test_model_too_big_for_a_slice_names_the_node(cluster: list[NodeTopology]) -> None:

@@ -129,3 +129,15 @@ def test_balancer_presets_and_explicit_weights() -> None:
     assert weights({"preset": "seed"}) == (0.7, 0.3)
     assert weights({"preset": "seed", "queue_weight": 0.5}) == (0.7, 0.5)
     assert weights({"load_weight": 0, "queue_weight": 1}) == (0.0, 1.0)
+
+
+def test_gpus_spans_whole_gpus_only() -> None:
+    config = parse_config({"mig_instances": [{"name": "big", "type": "gpu", "gpus": 2}, {"name": "small"}]})
+    assert [i.gpus for i in config.mig_instances] == [2, 1]
+    for kind, why in (("1g.5gb", "CUDA shows a process one MIG slice only"), ("cpu", "grows by threads")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"mig_instances": [{"name": "a", "type": kind, "gpus": 2}]}, "c.yaml")
+        assert caught.value.message.startswith("c.yaml: mig_instances[0]: gpus: 2 needs type: gpu (whole GPUs")
+        assert why in caught.value.message and "\n" not in caught.value.message
+    with pytest.raises(ConfigError, match=r"mig_instances\[0\].gpus: Input should be greater than 0"):
+        parse_config({"mig_instances": [{"name": "a", "type": "gpu", "gpus": 0}]})

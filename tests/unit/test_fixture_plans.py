@@ -9,9 +9,10 @@ from orchestrator.deploy import actor_options
 from orchestrator.errors import PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.mig_layout import plan_layout
+from orchestrator.mig_planner import capacity_for_sms
 from orchestrator.model_source import ModelFootprint
 from orchestrator.planner import plan
-from tests.fake_nvml import install_fake_nvml
+from tests.fake_nvml import install_fake_nvml, machine_of
 
 MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)
 
@@ -85,6 +86,25 @@ def test_mig_and_whole_gpu_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None
     assert kinds == [("mig", 0), ("gpu", 1)]
     assert placement.instances[1].gpu.device_uuid.startswith("GPU-")
     assert any("unused MIG slice on GPU 0: 3g.40gb" in n for n in placement.notes)
+
+
+def test_one_instance_on_two_whole_gpus_beside_mig(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fixture has two GPUs without MIG: this machine takes GPU 0 (MIG) and GPU 1 (L4) of
+    two_gpus_mig_and_whole and the A100 with MIG off of a100_mig_disabled, through the real probe."""
+    install_fake_nvml(
+        monkeypatch,
+        machine_of(("two_gpus_mig_and_whole", 0), ("two_gpus_mig_and_whole", 1), ("a100_mig_disabled", 0)),
+    )
+    topology = probe_topology()
+    instances = [{"name": "slice", "type": "3g.40gb"}, {"name": "big", "type": "gpu", "gpus": 2}]
+    placement = plan(parse_config({"mig_instances": instances}), topology, MINILM)
+    big = placement.instances[1].gpu
+    assert big.device_uuids == (topology.gpus[1].uuid, topology.gpus[2].uuid) and big.gpu_indices == (1, 2)
+    assert big.memory_mb == 23034 + 40960
+    assert placement.instances[1].capacity == capacity_for_sms(128) + capacity_for_sms(98)  # L4 (no MIG table) + A100
+    assert placement.device_kind == "mig+gpu"
+    with pytest.raises(PlanError, match="gpus: 3 needs 3 whole GPUs .* 2 of the 3 GPU.* and 2 of them are free"):
+        plan(parse_config({"mig_instances": [{"name": "big", "type": "gpu", "gpus": 3}]}), topology, MINILM)
 
 
 def test_lost_gpu_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -140,3 +140,62 @@ def test_unused_whole_gpu_is_reported() -> None:
 def test_footprint_estimate() -> None:
     assert SMALL_MODEL.gpu_memory_mb(2) < 1200
     assert QWEN3_4B.gpu_memory_mb(2) > 8000
+
+
+def l4(index: int) -> GpuInfo:
+    return GpuInfo(index, "NVIDIA L4", f"GPU-l4{index:06d}-0000-0000-0000-000000000000", 23034)
+
+
+def spanning(gpus: int, *others: str, **sections: object):
+    instances = [
+        {"name": "big", "type": "gpu", "gpus": gpus},
+        *({"name": f"i{n}", "type": t} for n, t in enumerate(others)),
+    ]
+    return parse_config({"mig_instances": instances, **sections})
+
+
+def test_an_instance_spans_several_whole_gpus() -> None:
+    placement = plan(spanning(2, "1g.5gb"), topo(a100(layout=SEVEN_1G), l4(1), l4(2)), SMALL_MODEL)
+    big = placement.instances[0]
+    assert (big.device, big.gpu.kind, big.gpu.device_uuid) == ("gpu", "gpu", l4(1).uuid)
+    assert big.gpu.device_uuids == (l4(1).uuid, l4(2).uuid) and big.gpu.gpu_indices == (1, 2)
+    assert big.gpu.device_count == 2 and big.gpu.memory_mb == 2 * 23034 and big.gpu.sm_count == 2 * 128
+    assert big.capacity == 2 * capacity_for_sms(128)
+    single = plan(spanning(1), topo(l4(0)), SMALL_MODEL).instances[0].gpu
+    assert single.device_uuids == (single.device_uuid,) and single.gpu_indices == (0,) and single.device_count == 1
+    assert placement.instances[1].gpu.device_uuids == (placement.instances[1].gpu.device_uuid,)  # MIG: one device
+
+
+def test_too_few_whole_gpus_says_how_many_exist_and_are_free() -> None:
+    with pytest.raises(PlanError) as caught:
+        plan(spanning(3, "gpu"), topo(a100(layout=SEVEN_1G), l4(1), l4(2)), SMALL_MODEL)
+    assert str(caught.value) == (
+        "instance 'big': gpus: 3 needs 3 whole GPUs without MIG on one machine, but 2 of the 3 GPU(s) here are "
+        "without MIG and 2 of them are free: lower gpus, or turn MIG off on more GPUs"
+    )
+    taken_first = parse_config(
+        {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
+    )
+    with pytest.raises(PlanError, match="^instance 'big': gpus: 2 needs .* 2 of the 2 GPU.* and 1 of them are free"):
+        plan(taken_first, topo(l4(0), l4(1)), SMALL_MODEL)
+
+
+def test_model_memory_is_compared_to_the_sum_of_the_gpus() -> None:
+    big_model = ModelFootprint(parameters=12_000_000_000, stored_dtype_bytes=2)  # about 26 GB in fp16
+    with pytest.raises(
+        PlanError,
+        match=r"^instance 'big': the model needs about \d+ MiB .* whole GPU\(s\) 0 have "
+        r"23034 MiB together: raise gpus",
+    ):
+        plan(spanning(1), topo(l4(0), l4(1)), big_model)
+    assert plan(spanning(2), topo(l4(0), l4(1)), big_model).instances[0].gpu.memory_mb == 46068
+
+
+def test_spanning_needs_accelerate_and_a_splittable_model() -> None:
+    two = topo(l4(0), l4(1))
+    with pytest.raises(PlanError, match="^instance 'big': gpus: 2 splits the model with accelerate, which does not"):
+        plan(spanning(2), two, SMALL_MODEL, accelerate_available=False)
+    plan(spanning(1), two, SMALL_MODEL, accelerate_available=False)  # one GPU needs no device map
+    mpnet = ModelFootprint(parameters=100_000_000, stored_dtype_bytes=4, model_type="mpnet")
+    with pytest.raises(PlanError, match="^instance 'big': gpus: 2: mpnet declares no layers that must stay whole"):
+        plan(spanning(2), two, mpnet, accelerate_available=True)

@@ -57,6 +57,7 @@ class FrontDoorStats:
     failed_unavailable: int = 0
     timed_out: int = 0
     cancelled: int = 0
+    failed_internal: int = 0
     started_at: float = field(default_factory=time.time)
 
 
@@ -159,6 +160,11 @@ class FrontDoor:
             except NoInstance as missing:
                 self.stats.failed_unavailable += 1
                 return _error(request.path, ServiceUnavailable(f"no instance is running: {missing}"))
+            except Exception as error:  # a Ray or Serve failure we do not know: still a JSON answer, never a crash
+                logger.exception("forwarding %s %s failed", request.method, request.path)
+                self.stats.failed_internal += 1
+                failure = OrchestratorError(f"internal error while forwarding: {type(error).__name__}")
+                return _error(request.path, failure)
         self.stats.failed_unavailable += 1
         return _error(
             request.path, ServiceUnavailable(f"the instance serving this request was lost {attempt + 1} times")
@@ -183,6 +189,7 @@ class FrontDoor:
             "unavailable": ("Requests answered 503: no instance could take them.", stats.failed_unavailable),
             "timeouts": ("Requests answered 504 by the front door.", stats.timed_out),
             "cancelled": ("Requests whose client disconnected first.", stats.cancelled),
+            "internal_errors": ("Requests answered 500: forwarding failed unexpectedly.", stats.failed_internal),
         }
         lines = []
         for name, (help_text, value) in counters.items():

@@ -207,3 +207,13 @@ def test_the_server_answers_json_while_starting_and_sets_tcp_nodelay() -> None:
         assert answers[0].json()["error_type"] == "Unavailable" and answers[0].headers["retry-after"] == "1"
     finally:
         server.stop()
+
+
+def test_an_unexpected_forwarding_failure_is_a_json_500_and_the_door_keeps_serving() -> None:
+    forwarder = ScriptedForwarder(RuntimeError("serialisation broke"), OK)
+    door = FrontDoor(max_request_bytes=100, request_timeout_s=5)
+    door.attach(forwarder)
+    status, headers, body = asyncio.run(_call(door, "POST", "/v1/embeddings", b"{}"))
+    assert (status, headers[b"content-type"]) == (500, b"application/json")
+    assert orjson.loads(body)["error"]["type"] == "server_error" and door.stats.failed_internal == 1
+    assert asyncio.run(_call(door))[0] == 200

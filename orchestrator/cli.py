@@ -214,11 +214,13 @@ def up_command(
 def _stop(front: FrontDoorServer) -> None:
     """Stop taking requests and finish those in flight, then stop Serve and Ray."""
     from orchestrator import deploy
+    from orchestrator.quiet_shutdown import quiet_serve_shutdown
 
-    try:
-        front.stop()
-    finally:
-        deploy.shutdown()
+    with quiet_serve_shutdown():
+        try:
+            front.stop()
+        finally:
+            deploy.shutdown()
 
 
 @app.command("export")

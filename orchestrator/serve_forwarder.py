@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.readiness import InstanceCount
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,7 @@ class ServeForwarder:
         self._method: Any = None  # the handle is made on first use, inside the front door's event loop (see below)
         self._app_name = app_name
         self._deployment_name = deployment_name
-        self._planned = planned
-        self._running = planned  # deploy() returned only once every replica ran
+        self._count = InstanceCount(planned)
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="replica-readiness", daemon=True)
         self._watcher.start()
@@ -36,8 +36,8 @@ class ServeForwarder:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
         from ray.serve.exceptions import DeploymentUnavailableError
 
-        if self._running == 0:
-            raise NoInstance(f"0 of {self._planned} instances running; Serve is restarting them")
+        if self._count.serve_running == 0:  # Serve's own count: a replica only we saw die may be back already
+            raise NoInstance(f"0 of {self._count.planned} instances running; Serve is restarting them")
         if self._method is None:
             from ray import serve
 
@@ -51,13 +51,15 @@ class ServeForwarder:
             response.cancel()
             raise
         except (ActorDiedError, ActorUnavailableError, RayActorError) as error:
+            self._count.instance_lost(str(getattr(error, "actor_id", None) or _last_line(error)))
             raise InstanceLost(_last_line(error)) from None
         except DeploymentUnavailableError as error:
             raise NoInstance(_last_line(error)) from None
 
     def readiness(self) -> tuple[int, int]:
-        """(replicas running, replicas planned), refreshed about once a second."""
-        return self._running, self._planned
+        """(replicas running, replicas planned): Serve's count (polled every second) less the replicas this front
+        door saw die that Serve has not noticed yet (``orchestrator/readiness.py``)."""
+        return self._count()
 
     async def aclose(self) -> None:
         """Stop watching and shut Serve down from this loop: the handle's router lives on it (see ``__call__``)."""
@@ -78,7 +80,7 @@ class ServeForwarder:
             try:
                 application = serve.status().applications.get(self._app_name)
                 deployment = application.deployments.get(self._deployment_name) if application else None
-                self._running = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+                self._count.serve_reports(deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0)
             except Exception:  # Serve shutting down, or the controller restarting: keep the last count
                 logger.debug("could not read Serve's status", exc_info=True)
 

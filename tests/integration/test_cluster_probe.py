@@ -48,9 +48,9 @@ def probe_reporting_its_node(fail_unless_on: str | None = None, sleep_unless_on:
 def run_cluster(result_path: str) -> None:
     """Start a head and a worker node, run three discoveries, serve across both, shut everything down, write what
     was seen as JSON."""
-    from orchestrator.deploy import SERVE_TRANSPORT_ENV
+    from orchestrator.deploy import SERVE_ENV
 
-    os.environ.update(SERVE_TRANSPORT_ENV)  # as `orchestrator up` runs: set before Serve is imported
+    os.environ.update(SERVE_ENV)  # as `orchestrator up` runs: set before Serve is imported
     import ray
     from ray.cluster_utils import Cluster
 

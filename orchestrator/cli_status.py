@@ -22,6 +22,29 @@ def fetch_instances(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+def fetch_health(url: str, timeout_s: float = 5.0) -> dict[str, Any] | None:
+    """GET {url}/health (readiness counted by the front door); None if it does not answer JSON (503 included)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout_s) as response:
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503 while no instance runs still has a JSON body
+        try:
+            payload = json.loads(error.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def readiness_line(health: dict[str, Any] | None) -> str:
+    """``instances ready 1/2 (degraded)`` from /health, or why it is unknown."""
+    if health is None or "instances_ready" not in health:
+        return "instances ready: unknown (no /health answer)"
+    status = health.get("status") or health.get("error_type") or "?"
+    return f"instances ready {health['instances_ready']}/{health['instances_planned']} ({status})"
+
+
 def _number(value: float | None, digits: int = 1, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
@@ -30,9 +53,10 @@ def _memory(value: float | None) -> str:
     return "n/a" if value is None else f"{value / 2**20:.0f} MiB"
 
 
-def status_table(view: dict[str, Any], url: str) -> Table:
-    """One row per instance, then a totals caption."""
-    table = Table(title=f"Instances at {url}", title_justify="left")
+def status_table(view: dict[str, Any], url: str, health: dict[str, Any] | None = None) -> Table:
+    """One row per instance, then a totals caption (readiness first when ``health`` is given)."""
+    title = f"Instances at {url}" + (f": {readiness_line(health)}" if health is not None else "")
+    table = Table(title=title, title_justify="left")
     for column in (
         "instance",
         "device",
@@ -95,7 +119,8 @@ def status_command(
 
     def render() -> Table:
         try:
-            return status_table(fetch_instances(url), url)
+            view = fetch_instances(url)
+            return status_table(view, url, fetch_health(url))
         except (OSError, ValueError, KeyError) as error:
             reason = getattr(error, "reason", error)
             raise _fail(f"no orchestrator answers at {url} ({reason}): start it with orchestrator up", 1) from None

@@ -151,3 +151,4 @@ def test_status_command_prints_every_instance(served) -> None:
     for instance in placement.instances:
         assert instance.name in result.output
     assert "emb/s" in result.output and "error rate" in result.output
+    assert "instances ready 2/2 (ok)" in result.output

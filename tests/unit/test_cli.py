@@ -130,3 +130,12 @@ def test_worker_on_a_node_without_nvidia_driver_says_so(monkeypatch) -> None:
     install_fake_nvml(monkeypatch, "library_missing")
     result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
     assert result.exit_code == 0 and "no GPU" in result.output and "Traceback" not in result.output
+
+
+def test_status_readiness_line_from_health() -> None:
+    from orchestrator.cli_status import readiness_line
+
+    assert readiness_line({"status": "degraded", "instances_ready": 1, "instances_planned": 2}) == (
+        "instances ready 1/2 (degraded)"
+    )
+    assert readiness_line(None) == "instances ready: unknown (no /health answer)"

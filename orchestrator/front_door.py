@@ -182,26 +182,42 @@ class FrontDoor:
         """The front door's own series, in Prometheus' text format."""
         ready, planned = self._readiness() if self._readiness is not None else (0, 0)
         stats = self.stats
-        counters = {
-            "requests": ("Requests the front door forwarded.", stats.requests),
-            "retries": ("Requests resent after losing their instance.", stats.retried),
-            "instance_losses": ("Forwarded requests whose instance died before answering.", stats.instance_losses),
-            "unavailable": ("Requests answered 503: no instance could take them.", stats.failed_unavailable),
-            "timeouts": ("Requests answered 504 by the front door.", stats.timed_out),
-            "cancelled": ("Requests whose client disconnected first.", stats.cancelled),
-            "internal_errors": ("Requests answered 500: forwarding failed unexpectedly.", stats.failed_internal),
+        values = {
+            "requests": stats.requests,
+            "retries": stats.retried,
+            "instance_losses": stats.instance_losses,
+            "unavailable": stats.failed_unavailable,
+            "timeouts": stats.timed_out,
+            "cancelled": stats.cancelled,
+            "internal_errors": stats.failed_internal,
         }
         lines = []
-        for name, (help_text, value) in counters.items():
+        for name, help_text in FRONT_DOOR_COUNTERS.items():
             family = f"orchestrator_front_door_{name}_total"  # named as prometheus_client writes counters
-            lines += [f"# HELP {family} {help_text}", f"# TYPE {family} counter", f"{family} {float(value)}"]
-        for name, help_text, value in (
-            ("instances_ready", "Instances running now.", ready),
-            ("instances_planned", "Instances in the plan.", planned),
-        ):
-            family = f"orchestrator_{name}"
+            lines += [f"# HELP {family} {help_text}", f"# TYPE {family} counter", f"{family} {float(values[name])}"]
+        for name, value in (("instances_ready", ready), ("instances_planned", planned)):
+            family, help_text = f"orchestrator_{name}", FRONT_DOOR_GAUGES[name]
             lines += [f"# HELP {family} {help_text}", f"# TYPE {family} gauge", f"{family} {float(value)}"]
         return "\n".join(lines) + "\n"
+
+
+FRONT_DOOR_COUNTERS = {
+    "requests": "Requests the front door forwarded.",
+    "retries": "Requests resent after losing their instance.",
+    "instance_losses": "Forwarded requests whose instance died before answering.",
+    "unavailable": "Requests answered 503: no instance could take them.",
+    "timeouts": "Requests answered 504 by the front door.",
+    "cancelled": "Requests whose client disconnected first.",
+    "internal_errors": "Requests answered 500: forwarding failed unexpectedly.",
+}
+FRONT_DOOR_GAUGES = {"instances_ready": "Instances running now.", "instances_planned": "Instances in the plan."}
+
+
+def front_door_metric_names() -> set[str]:
+    """Every sample name the front door adds to ``/metrics``."""
+    return {f"orchestrator_front_door_{name}_total" for name in FRONT_DOOR_COUNTERS} | {
+        f"orchestrator_{name}" for name in FRONT_DOOR_GAUGES
+    }
 
 
 class _ClientGone(Exception):

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.front_door import FrontDoor, front_door_metric_names
 from orchestrator.metrics import HISTOGRAMS, PREFIX, metric_names, render_prometheus
 from orchestrator.metrics_hub import MetricsHub
 from tests.fakes import ManualClock
@@ -64,7 +65,8 @@ def promql_metric_names(expr: str) -> set[str]:
 def allowed_orchestrator_names() -> set[str]:
     """Sample names on the wire: every family (counters already end in _total), histograms with their suffixes."""
     histograms = {f"{PREFIX}_{name}" for name, _ in HISTOGRAMS.values()}
-    return metric_names() | {name + suffix for name in histograms for suffix in HISTOGRAM_SUFFIXES}
+    front_door = front_door_metric_names()  # added to /metrics by the front door, not by the replicas
+    return metric_names() | front_door | {name + suffix for name in histograms for suffix in HISTOGRAM_SUFFIXES}
 
 
 def load_dashboard() -> dict[str, Any]:
@@ -134,7 +136,8 @@ def test_every_orchestrator_metric_used_is_in_the_real_exposition() -> None:
     hub = MetricsHub(clock=clock)
     gauges = {"load": 0.5, "queued_texts": 1, "capacity": 8, "memory_used_bytes": 1, "memory_total_bytes": 2}
     hub.push({"instance": "slice-1", "model": "m", "device_kind": "mig"}, metrics.snapshot(**gauges))
-    text = render_prometheus(hub.reports()).decode()
+    door = FrontDoor(max_request_bytes=100, request_timeout_s=5, readiness=lambda: (1, 1))
+    text = render_prometheus(hub.reports()).decode() + door.prometheus_text()  # what /metrics answers
     exposed = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
     used = {name for _, expr in expressions() for name in promql_metric_names(expr) if name.startswith(PREFIX)}
     assert used - exposed == set()

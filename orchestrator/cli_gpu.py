@@ -110,11 +110,10 @@ def worker_command(
 ) -> None:
     """Join this machine to a Ray cluster as a worker node, so `orchestrator up` on the head can use its slices.
 
-    The node is probed through NVML here (the same probe `up` runs on every node), its GPUs and MIG slices are
-    printed, then `ray start --address ADDRESS --block` runs in the foreground (Ctrl-C leaves the cluster). Nothing
-    else is needed for its slices to be used: `up` places each node's replicas with Ray's node-id label and pins
-    them to their slice by MIG UUID itself. This machine needs the same mig-orchestrator environment as the head.
+    Probes this node through NVML, prints its GPUs and MIG slices, then runs `ray start --address ADDRESS --block`.
     """
+    # Nothing else is needed for its slices to be used: `up` places each node's replicas with Ray's node-id label
+    # and pins them to their slice by MIG UUID itself. The machine needs the same environment as the head.
     from orchestrator.cli import _fail, console
     from orchestrator.hardware.cluster_probe import NodeTopology, describe_node
 

@@ -18,9 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -58,7 +57,6 @@ class FrontDoorStats:
     timed_out: int = 0
     cancelled: int = 0
     failed_internal: int = 0
-    started_at: float = field(default_factory=time.time)
 
 
 class FrontDoor:

@@ -77,10 +77,6 @@ class FrontDoorServer:
         while not server.started and self._thread.is_alive():
             threading.Event().wait(0.01)
 
-    @property
-    def port(self) -> int:
-        return self._port
-
     def stop(self) -> None:
         """Stop accepting, finish in-flight requests (up to the grace period), run the front door's on-close step
         on the server's loop, and join the thread."""

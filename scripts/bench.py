@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -27,6 +28,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -167,11 +169,13 @@ def first_embedding(url: str) -> bool:
         return False
 
 
-async def drive(url: str, texts: list[str], clients: int, per_request: int, requests: int) -> dict[str, float]:
-    """``requests`` requests from ``clients`` concurrent clients; returns texts/s and latency percentiles (ms)."""
+async def drive(url: str, texts: list[str], clients: int, per_request: int, requests: int) -> dict[str, Any]:
+    """``requests`` requests from ``clients`` concurrent clients; returns texts/s, latency percentiles (ms) and each
+    instance's share of the requests (from the ``x-instance`` header)."""
     import aiohttp
 
     latencies: list[float] = []
+    answered_by: collections.Counter[str] = collections.Counter()
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -185,6 +189,7 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
                     await response.read()
                     if response.status != 200:
                         raise RuntimeError(f"status {response.status}: {await response.text()}")
+                    answered_by[response.headers.get("x-instance", "?")] += 1
                 latencies.append(time.perf_counter() - began)
 
         started = time.perf_counter()
@@ -195,6 +200,7 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
         "emb_per_s": requests * per_request / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "shares": {name: count / requests for name, count in sorted(answered_by.items())},
     }
 
 

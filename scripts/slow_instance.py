@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,44 +29,11 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from scripts.bench import free_port, running_service, write_config  # noqa: E402
+from scripts.bench import drive, free_port, running_service, write_config  # noqa: E402
 from tests.corpus import sentences  # noqa: E402
 
 console = Console(highlight=False)
 SLOW_CORE = 1  # pools take cores in rank order: pool-1 runs on core 1
-
-
-async def drive(url: str, texts: list[str], clients: int, per_request: int, requests: int) -> dict[str, object]:
-    """Send ``requests`` requests from ``clients`` clients; count which instance answered each."""
-    import aiohttp
-
-    latencies: list[float] = []
-    answered_by: collections.Counter[str] = collections.Counter()
-    counter = iter(range(requests))
-    async with aiohttp.ClientSession() as session:
-
-        async def client() -> None:
-            for n in counter:
-                start = (n * per_request) % (len(texts) - per_request)
-                body = {"input": texts[start : start + per_request], "encoding_format": "base64"}
-                began = time.perf_counter()
-                async with session.post(f"{url}/v1/embeddings", json=body) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"status {response.status}")
-                    answered_by[response.headers["x-instance"]] += 1
-                latencies.append(time.perf_counter() - began)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "emb_per_s": requests * per_request / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "shares": {name: count / requests for name, count in sorted(answered_by.items())},
-    }
 
 
 def replica_nice_on(core: int) -> int:

@@ -183,9 +183,9 @@ def up_command(
                 status.update(f"Loading {loaded.model_name}: {ready}/{total} instances ready...")
 
             status.update(f"Loading {loaded.model_name} on {expected} instance(s)...")
-            deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
-            forwarder = deploy.open_forwarder(placement)
-            front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+            lane_token = deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
+            status.update("Connecting the front door to every instance...")
+            deploy.attach_front_door(front, loaded, placement, lane_token)
     except PlanError as error:  # the cluster cannot hold the config: nothing was deployed
         _stop(front)
         raise _fail(error.message, 2) from None

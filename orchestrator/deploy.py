@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.planner import Plan, instances_by_node
+
+if TYPE_CHECKING:
+    from orchestrator.front_door_server import FrontDoorServer
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +106,14 @@ def actor_options(plan: Plan, node_id: str | None = None) -> dict[str, object]:
 
 
 def build_application(  # noqa: ANN201
-    loaded: LoadedConfig, plan: Plan, tuning: ServeTuning = ServeTuning(), node_id: str | None = None
+    loaded: LoadedConfig,
+    plan: Plan,
+    tuning: ServeTuning = ServeTuning(),
+    node_id: str | None = None,
+    lane_token: str | None = None,
 ):
     """The Serve application of one node (None: this machine): one deployment, one replica per planned instance on
-    that node, routed by our balancer."""
+    that node, routed by our balancer; with ``lane_token`` each replica also opens a direct lane."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -132,6 +140,7 @@ def build_application(  # noqa: ANN201
         api_key_sha256=loaded.api_key_sha256,
         open_endpoints=tuple(config.server.open_endpoints),
         request_timeout_s=config.server.request_timeout_s,
+        lane_token=lane_token,
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the router.
@@ -160,32 +169,53 @@ def deploy(
     tuning: ServeTuning = ServeTuning(),
     timeout_s: float = 300.0,
     on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Deploy the plan and wait until every replica is running; raises DeployError on failure or timeout."""
+) -> str | None:
+    """Deploy the plan and wait until every replica is running; raises DeployError on failure or timeout.
+
+    Returns the lane token the front door needs to reach the replicas' direct lanes (a secret made per deployment;
+    None with ``server.transport: serve``).
+    """
     from ray import serve
 
     from orchestrator.metrics_hub import start_hub
 
+    lane_token = secrets.token_urlsafe(24) if loaded.config.server.transport == "direct" else None
     start_hub()  # before the replicas, which look it up when they start
     groups = instances_by_node(plan)
     for node_id, instances in groups.items():
-        app = build_application(loaded, plan, tuning, node_id)
+        app = build_application(loaded, plan, tuning, node_id, lane_token)
         serve.run(app, name=app_name_for(node_id, instances[0].node_ip), route_prefix=None, blocking=False)
     wait_until_running(
         {app_name_for(node_id, instances[0].node_ip): len(instances) for node_id, instances in groups.items()},
         timeout_s,
         on_progress,
     )
+    return lane_token
 
 
-def open_forwarder(plan: Plan) -> Any:
-    """The front door's forwarder: to this machine's replicas, or spread over one forwarder per node.
+def attach_front_door(
+    front: FrontDoorServer, loaded: LoadedConfig, plan: Plan, lane_token: str | None, wait_s: float = 30.0
+) -> None:
+    """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
+    lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
+    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights())
+    front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+    front.run_on_loop(forwarder.start(wait_s), timeout_s=wait_s + 5.0)
 
-    Routing inside a node is our balancer (the deployment's router, through a handle); across nodes the front door
-    sends each request to the node with the least outstanding work per unit of capacity (``NodeSpreadForwarder``).
+
+def open_forwarder(plan: Plan, lane_token: str | None = None, weights: tuple[float, float] = (0.2, 0.8)) -> Any:
+    """The front door's forwarder, per ``server.transport``.
+
+    ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer in the front door.
+    ``serve``: Serve handles to this machine's replicas, or spread over one handle per node; routing inside a node
+    is our balancer (the deployment's router); across nodes the front door sends each request to the node with the
+    least outstanding work per unit of capacity (``NodeSpreadForwarder``).
     """
     from orchestrator.forwarding import NodeSpreadForwarder
     from orchestrator.serve_forwarder import ServeForwarder
+
+    if lane_token is not None:
+        return _direct_forwarder(plan, lane_token, weights)
 
     forwarders = []
     for node_id, instances in instances_by_node(plan).items():
@@ -195,6 +225,31 @@ def open_forwarder(plan: Plan) -> Any:
     if len(forwarders) == 1:
         return forwarders[0][0]
     return NodeSpreadForwarder(forwarders)
+
+
+def _direct_forwarder(plan: Plan, lane_token: str, weights: tuple[float, float]) -> Any:
+    from ray import serve
+
+    from orchestrator.balancer import Weights
+    from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
+    from orchestrator.metrics_hub import find_hub
+
+    hub = find_hub()
+    if hub is None:
+        raise DeployError("the metrics hub (the lane registry) is not running: redeploy")
+
+    async def registered_lanes() -> list[LaneEndpoint]:
+        lanes = await hub.lanes.remote()
+        return [LaneEndpoint(lane["instance"], lane["host"], int(lane["port"]), lane["incarnation"]) for lane in lanes]
+
+    load_weight, queue_weight = weights
+    return DirectForwarder(
+        {instance.name: instance.capacity for instance in plan.instances},
+        lane_token,
+        registered_lanes,
+        Weights(load_weight=load_weight, queue_weight=queue_weight),
+        on_close=serve.shutdown_async,  # after the lanes: Serve's replicas stop once nothing is in flight
+    )
 
 
 def wait_until_running(

@@ -75,6 +75,9 @@ class NodeSpreadForwarder:
         finally:
             self._outstanding[chosen] -= 1
 
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Nothing to open (Serve handles are made on first use)."""
+
     def readiness(self) -> tuple[int, int]:
         """(instances running, instances planned) over every node."""
         counts = [forwarder.readiness() for forwarder in self._forwarders]

@@ -11,10 +11,14 @@ import asyncio
 import errno
 import socket
 import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.front_door import FrontDoor
+
+T = TypeVar("T")
 
 
 class PortBusy(OrchestratorError):
@@ -33,6 +37,7 @@ class FrontDoorServer:
         self._grace_s = shutdown_grace_s
         self._server = None
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.listening_socket: socket.socket | None = None
 
     def start(self) -> None:
@@ -67,6 +72,7 @@ class FrontDoorServer:
         self._server = server
 
         async def serve_then_close() -> None:
+            self._loop = asyncio.get_running_loop()
             try:
                 await server.serve(sockets=[sock])
             finally:
@@ -76,6 +82,13 @@ class FrontDoorServer:
         self._thread.start()
         while not server.started and self._thread.is_alive():
             threading.Event().wait(0.01)
+
+    def run_on_loop(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
+        """Run ``coroutine`` on the server's event loop (where forwarders must live) and return its result."""
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError("the front door is not running")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight requests (up to the grace period), run the front door's on-close step

@@ -3,6 +3,10 @@
 Replicas push a snapshot about once a second (off the request path); whichever replica answers ``/metrics``,
 ``/instances`` or the dashboard asks the hub, so one endpoint shows every instance. Rates (embeddings and tokens
 per second) are computed here from the difference between an instance's last two snapshots.
+
+The hub is also the registry of direct lanes: each push carries where the replica's lane listens (if it has one),
+and the front door reads ``lanes()`` to connect (``orchestrator/direct_forwarder.py``). Pushing it every time keeps
+the registry whole across a hub restart.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ class MetricsHub:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._latest: dict[str, tuple[dict[str, str], dict[str, Any], dict[str, float]]] = {}
+        self._lanes: dict[str, dict[str, Any]] = {}
 
-    def push(self, labels: dict[str, str], snapshot: dict[str, Any]) -> None:
-        """Store an instance's snapshot; rates come from the previous one of the same instance."""
+    def push(self, labels: dict[str, str], snapshot: dict[str, Any], lane: dict[str, Any] | None = None) -> None:
+        """Store an instance's snapshot (rates come from the previous one of the same instance) and, when given,
+        where its replica's direct lane listens (``{"host", "port", "incarnation"}``)."""
         name = labels["instance"]
+        if lane is not None:
+            self._lanes[name] = {"instance": name, **lane}
         rates = {key: 0.0 for key in RATE_KEYS.values()}
         previous = self._latest.get(name)
         if previous is not None:
@@ -40,6 +48,10 @@ class MetricsHub:
             else:
                 rates = last_rates
         self._latest[name] = (labels, snapshot, rates)
+
+    def lanes(self) -> list[dict[str, Any]]:
+        """The latest lane registered per instance (a replaced replica's entry is overwritten by its successor)."""
+        return [dict(lane) for _, lane in sorted(self._lanes.items())]
 
     def reports(self) -> list[InstanceReport]:
         """Every instance that ever reported, in name order, with the age of its last snapshot."""

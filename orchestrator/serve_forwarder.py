@@ -56,6 +56,9 @@ class ServeForwarder:
         except DeploymentUnavailableError as error:
             raise NoInstance(_last_line(error)) from None
 
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Nothing to open: Serve's handle is made on first use (kept for the same interface as direct lanes)."""
+
     def readiness(self) -> tuple[int, int]:
         """(replicas running, replicas planned): Serve's count (polled every second) less the replicas this front
         door saw die that Serve has not noticed yet (``orchestrator/readiness.py``)."""

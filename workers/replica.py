@@ -2,16 +2,17 @@
 
 All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
 Serve rank (``plan.instances[rank]``), pins itself to that instance's cores, loads the model, and builds its own
-FastAPI app; the front door (``orchestrator/front_door.py``) hands each request, whole, to the replica our router
-picks, through ``forward``.
+FastAPI app. The front door (``orchestrator/front_door.py``) hands each request, whole, to one replica: over the
+replica's direct lane (``workers/lane_server.py``, the default ``server.transport: direct``), or through Serve's
+handle and our router (``transport: serve``), which calls ``forward``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from orchestrator.metrics_hub import find_hub
 from orchestrator.planner import Plan, PlannedInstance
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
+from workers.lane_server import LaneServer
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class ReplicaSpec:
     api_key_sha256: str | None = None
     open_endpoints: tuple[str, ...] = ("health", "metrics")
     request_timeout_s: float | None = 60.0
+    lane_token: str | None = None  # set: open a direct lane for the front door (transport "direct")
 
 
 def _current_rank() -> int:
@@ -190,7 +193,9 @@ def metric_labels(spec: ReplicaSpec, instance: PlannedInstance) -> dict[str, str
 class EmbeddingReplica:
     """One instance of the model, bound to the planned instance of its rank."""
 
-    def __init__(self, spec: ReplicaSpec) -> None:
+    # Serve awaits an async constructor on the replica's event loop: the replica is reported running only once its
+    # lane listens and is registered, so the front door can connect as soon as Serve says it is up.
+    async def __init__(self, spec: ReplicaSpec) -> None:
         self._spec = spec
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)
@@ -203,11 +208,29 @@ class EmbeddingReplica:
             api_key_sha256=spec.api_key_sha256,
             open_endpoints=spec.open_endpoints,
         )
-        # Serve constructs replicas on their user-code event loop: start pushing metrics right away (elsewhere,
-        # with no running loop, the first routing-stats pull starts it).
-        with contextlib.suppress(RuntimeError):
-            self._ensure_pushing()
+        self._lane_server: LaneServer | None = None
+        self._lane: dict[str, Any] | None = None
+        if spec.lane_token is not None:
+            await self._open_lane(spec.lane_token)
+        self._ensure_pushing()
         logger.info("instance %s ready on cores %s", self._instance.name, self._instance.cpu_cores)
+
+    async def _open_lane(self, token: str) -> None:
+        """Listen for the front door (this machine only, unless the replica serves a node of a cluster) and register
+        the lane with the hub before reporting ready."""
+        import ray
+
+        def stats() -> tuple[float, int]:
+            snapshot = self._service.batcher.stats()
+            return snapshot.load, snapshot.queued_texts
+
+        host = "127.0.0.1" if self._spec.node_id is None else ray.util.get_node_ip_address()
+        self._lane_server = LaneServer(self._app, token, self._instance.name, stats)
+        bound_host, port = await self._lane_server.start(host)
+        self._lane = {"host": bound_host, "port": port, "incarnation": uuid.uuid4().hex}
+        if self._hub is not None:
+            await self._hub.push.remote(self._service.labels, self._service.snapshot(), self._lane)
+        logger.info("instance %s: direct lane on %s:%d", self._instance.name, bound_host, port)
 
     async def forward(self, request: ForwardedRequest) -> ForwardedResponse:
         """Answer one HTTP request from the front door with this instance's app (the front door's only call)."""
@@ -215,7 +238,7 @@ class EmbeddingReplica:
 
     async def _hub_reports(self) -> list[Any]:
         self._ensure_pushing()
-        await self._hub.push.remote(self._service.labels, self._service.snapshot())
+        await self._hub.push.remote(self._service.labels, self._service.snapshot(), self._lane)
         return await self._hub.reports.remote()
 
     def _ensure_pushing(self) -> None:
@@ -226,7 +249,7 @@ class EmbeddingReplica:
         """Send this instance's snapshot to the hub about once a second, off the request path."""
         while True:
             try:
-                await self._hub.push.remote(self._service.labels, self._service.snapshot())
+                await self._hub.push.remote(self._service.labels, self._service.snapshot(), self._lane)
             except Exception:  # the hub restarting must not hurt serving
                 logger.warning("metrics hub unreachable; retrying", exc_info=True)
             await asyncio.sleep(PUSH_PERIOD_S)
@@ -265,6 +288,8 @@ class EmbeddingReplica:
         """Serve calls this when the replica stops: end the metrics pusher so shutdown does not wait on it."""
         if self._push_task is not None:
             self._push_task.cancel()
+        if self._lane_server is not None:
+            await self._lane_server.close()
         await self._service.batcher.close()
 
     def check_health(self) -> None:

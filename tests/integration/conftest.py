@@ -47,9 +47,8 @@ def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     deploy.start_ray(loaded, num_cpus=2)
     tuning = deploy.ServeTuning(graceful_shutdown_wait_loop_s=0.05, graceful_shutdown_timeout_s=1.0)
     try:
-        deploy.deploy(loaded, placement, tuning=tuning, timeout_s=240)
-        forwarder = deploy.open_forwarder(placement)
-        front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+        lane_token = deploy.deploy(loaded, placement, tuning=tuning, timeout_s=240)
+        deploy.attach_front_door(front, loaded, placement, lane_token)
         yield f"http://127.0.0.1:{loaded.config.server.port}", loaded, placement
     finally:
         front.stop()

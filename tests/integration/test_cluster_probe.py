@@ -76,7 +76,9 @@ def run_cluster(result_path: str) -> None:
                 "nodes": [[n.node_id, n.node_ip, n.hostname, n.is_head, list(n.topology.warnings)] for n in nodes],
                 "warnings": list(warnings),
             }
-        result["serving"] = serve_across(cluster.head_node, worker)
+        result["serving"] = {
+            transport: serve_across(cluster.head_node, worker, transport) for transport in ("direct", "serve")
+        }
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -84,9 +86,10 @@ def run_cluster(result_path: str) -> None:
     Path(result_path).write_text(json.dumps(result))
 
 
-def serve_across(head: object, worker: object) -> dict[str, object]:
-    """Deploy two CPU pools, one per node (as a cluster plan places GPU slices), behind one front door; send
-    requests; return which instance answered them and on which node each instance's replica runs."""
+def serve_across(head: object, worker: object, transport: str) -> dict[str, object]:
+    """Deploy two CPU pools, one per node (as a cluster plan places GPU slices), behind one front door reaching them
+    by ``transport``; send requests; return which instance answered them and on which node each instance's replica
+    runs."""
     import asyncio
     import dataclasses
 
@@ -99,7 +102,8 @@ def serve_across(head: object, worker: object) -> dict[str, object]:
     from orchestrator.planner import Plan, plan
     from tests.integration.conftest import free_port, make_loaded
 
-    loaded = make_loaded(free_port())
+    port = free_port()
+    loaded = make_loaded(port, server={"port": port, "transport": transport, "max_inputs_per_request": 64})
     local = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)
     nodes = (head, worker)
     instances = tuple(
@@ -111,9 +115,9 @@ def serve_across(head: object, worker: object) -> dict[str, object]:
     front.start()
     try:
         deploy.start_ray(loaded)  # joins the cluster this process is connected to; starts Serve there
-        deploy.deploy(loaded, placement, deploy.ServeTuning(graceful_shutdown_timeout_s=1.0), timeout_s=120)
-        forwarder = deploy.open_forwarder(placement)
-        front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+        tuning = deploy.ServeTuning(graceful_shutdown_timeout_s=1.0)
+        lane_token = deploy.deploy(loaded, placement, tuning, timeout_s=120)
+        deploy.attach_front_door(front, loaded, placement, lane_token)
 
         async def requests() -> list[tuple[int, str, int]]:
             url = f"http://127.0.0.1:{loaded.config.server.port}/v1/embeddings"
@@ -192,13 +196,14 @@ def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
     assert silent["warnings"] == [f"{worker_name}: hardware probe did not answer within 3 s; node skipped"]
     assert result["ray_initialized_after"] is False
 
-    # Serving across the two nodes: one Serve application per node, each replica on its planned node, one endpoint.
-    serving = result["serving"]
-    assert sorted(serving["replica_nodes"].values()) == sorted([head_id, worker_id])
-    assert {status for status, _, _ in serving["answers"]} == {200}
-    assert all(count == 8 for _, _, count in serving["answers"])
-    assert {instance for _, instance, _ in serving["answers"]} == set(serving["planned"])  # both nodes served
-    assert (serving["health"]["instances_ready"], serving["health"]["instances_planned"]) == (2, 2)
+    # Serving across the two nodes: one Serve application per node, each replica on its planned node, one endpoint,
+    # through direct lanes and through Serve's handles.
+    for serving in result["serving"].values():
+        assert sorted(serving["replica_nodes"].values()) == sorted([head_id, worker_id])
+        assert {status for status, _, _ in serving["answers"]} == {200}
+        assert all(count == 8 for _, _, count in serving["answers"])
+        assert {instance for _, instance, _ in serving["answers"]} == set(serving["planned"])  # both nodes served
+        assert (serving["health"]["instances_ready"], serving["health"]["instances_planned"]) == (2, 2)
     print(f"2-node cluster discovery and serving took {elapsed_s:.1f} s")
 
 

@@ -1,0 +1,248 @@
+"""The front door's end of the direct lane: one TCP connection per replica, our balancer choosing among them.
+
+Replicas register their lane (host, port) with the metrics hub when they start; ``DirectForwarder`` polls that
+registry, keeps one open, authenticated connection per planned instance and sends each request to the instance with
+the lowest balancer score (``orchestrator/balancer.py``). Its inputs are exact or fresh: the requests outstanding on
+each lane are counted here (this front door is the only sender), and every answer carries the replica's busy
+fraction and queue. A connection that breaks fails its outstanding requests with ``InstanceLost`` (the front door
+resends them once, to another instance) and the instance counts as down until a replica registers for it again
+(Serve replaces it) and the lane reconnects.
+
+Nothing here imports Ray: the registry is any coroutine returning endpoints (the hub in ``deploy.open_forwarder``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from orchestrator.balancer import InstanceLoad, Weights, choose
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.lane_protocol import (
+    CANCEL,
+    HELLO,
+    RESPONSE,
+    Frame,
+    LaneProtocolError,
+    encode,
+    read_frame,
+    request_frame,
+    response_from,
+)
+
+logger = logging.getLogger(__name__)
+
+LOAD_WINDOW_S = 2.0  # the replicas' batcher measures its busy fraction over this window (Batcher.load_window_s)
+
+
+@dataclass(frozen=True)
+class LaneEndpoint:
+    """Where one instance's replica listens; ``incarnation`` changes when Serve replaces the replica."""
+
+    instance: str
+    host: str
+    port: int
+    incarnation: str
+
+
+Discover = Callable[[], Awaitable[Iterable[LaneEndpoint]]]
+
+
+class LaneConnection:
+    """One open lane: many requests in flight at once, matched to their answers by id."""
+
+    def __init__(self, endpoint: LaneEndpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.endpoint = endpoint
+        self._reader = reader
+        self._writer = writer
+        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._next_id = 0
+        self._lost: str | None = None
+        self._reading = asyncio.get_running_loop().create_task(self._read_answers())
+
+    @classmethod
+    async def open(cls, endpoint: LaneEndpoint, token: str, timeout_s: float) -> LaneConnection:
+        """Connect and greet; raises OSError, TimeoutError or LaneProtocolError (wrong token, another instance)."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(endpoint.host, endpoint.port), timeout_s)
+        try:
+            writer.write(encode(Frame(0, HELLO, {"token": token})))
+            answer = await asyncio.wait_for(read_frame(reader), timeout_s)
+            if answer is None or answer.kind != HELLO:
+                raise LaneProtocolError("the replica closed the lane at greeting (wrong lane token?)")
+            if answer.meta.get("instance") != endpoint.instance:
+                raise LaneProtocolError(f"expected instance {endpoint.instance}, found {answer.meta.get('instance')}")
+        except BaseException:
+            writer.close()
+            raise
+        return cls(endpoint, reader, writer)
+
+    @property
+    def alive(self) -> bool:
+        return self._lost is None
+
+    async def send(self, request: ForwardedRequest) -> Frame:
+        """The RESPONSE frame answering ``request``; raises InstanceLost if the lane breaks first. Cancelling the
+        caller tells the replica to drop the request."""
+        if self._lost is not None:
+            raise InstanceLost(self._lost)
+        self._next_id = (self._next_id + 1) % (1 << 32)
+        request_id = self._next_id
+        answer: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = answer
+        try:
+            self._writer.write(encode(request_frame(request_id, request)))
+            return await answer
+        except asyncio.CancelledError:
+            if self._lost is None and not self._writer.is_closing():
+                self._writer.write(encode(Frame(request_id, CANCEL, {})))
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    def close(self, reason: str = "lane closed") -> None:
+        self._fail_all(reason)
+        self._writer.close()
+        self._reading.cancel()
+
+    async def _read_answers(self) -> None:
+        reason = "the replica closed its lane"
+        try:
+            while True:
+                frame = await read_frame(self._reader)
+                if frame is None:
+                    break
+                waiting = self._pending.get(frame.request_id)
+                if frame.kind == RESPONSE and waiting is not None and not waiting.done():
+                    waiting.set_result(frame)
+        except (ConnectionError, asyncio.IncompleteReadError, LaneProtocolError) as error:
+            reason = f"lane to {self.endpoint.instance} broke: {type(error).__name__}: {error}"
+        self._fail_all(reason)
+        self._writer.close()
+
+    def _fail_all(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        for waiting in self._pending.values():
+            if not waiting.done():
+                waiting.set_exception(InstanceLost(reason))
+
+
+class DirectForwarder:
+    """``Forwarder`` over direct lanes; ``readiness()`` gives (instances connected, instances planned).
+
+    Args:
+        capacities: planned instance name -> requests it is sized to hold (the balancer's capacity).
+        token: the lane token given to the replicas.
+        discover: returns the registered endpoints (any subset; unknown instance names are ignored).
+        weights: the balancer's weights.
+        poll_s: how often the registry is read.
+        connect_timeout_s: for connecting and greeting.
+        clock: monotonic seconds (for the age of reported loads).
+        on_close: awaited at the end of ``aclose`` (``deploy`` shuts Serve down there).
+    """
+
+    def __init__(
+        self,
+        capacities: Mapping[str, float],
+        token: str,
+        discover: Discover,
+        weights: Weights = Weights(),
+        poll_s: float = 0.5,
+        connect_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._capacity = {name: max(float(capacity), 1.0) for name, capacity in capacities.items()}
+        self._token = token
+        self._discover = discover
+        self._weights = weights
+        self._poll_s = poll_s
+        self._connect_timeout_s = connect_timeout_s
+        self._clock = clock
+        self._on_close = on_close
+        self._lanes: dict[str, LaneConnection] = {}
+        self._outstanding = dict.fromkeys(self._capacity, 0)
+        self._reported: dict[str, tuple[float, float]] = {}  # instance -> (load, when)
+        self._watching: asyncio.Task[None] | None = None
+        self._all_connected = asyncio.Event()
+
+    async def start(self, wait_s: float = 30.0) -> None:
+        """Start watching the registry (on the caller's loop); return once every planned instance is connected or
+        after ``wait_s`` (readiness then shows the missing ones)."""
+        if self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_connected.wait(), wait_s)
+
+    async def __call__(self, request: ForwardedRequest) -> ForwardedResponse:
+        connected = [(name, lane) for name, lane in self._lanes.items() if lane.alive]
+        if not connected:
+            raise NoInstance(f"0 of {len(self._capacity)} instances connected; they are starting or being replaced")
+        now = self._clock()
+        best = choose((self._instance_load(name, now) for name, _ in connected), self._weights)
+        assert best is not None
+        name = str(best.key)
+        lane = self._lanes[name]
+        self._outstanding[name] += 1
+        try:
+            frame = await lane.send(request)
+        finally:
+            self._outstanding[name] -= 1
+        self._reported[name] = (float(frame.meta.get("load", 0.0)), self._clock())
+        return response_from(frame)
+
+    def _instance_load(self, name: str, now: float) -> InstanceLoad:
+        load, when = self._reported.get(name, (0.0, now))
+        if self._outstanding[name] == 0:
+            # Nothing of ours runs there: its busy fraction decays as the window slides past its last answer.
+            load *= max(0.0, 1.0 - (now - when) / LOAD_WINDOW_S)
+        return InstanceLoad(key=name, load=load, outstanding=self._outstanding[name], capacity=self._capacity[name])
+
+    def readiness(self) -> tuple[int, int]:
+        """(instances with an open lane, instances planned)."""
+        return sum(lane.alive for lane in self._lanes.values()), len(self._capacity)
+
+    async def aclose(self) -> None:
+        """Stop watching and close every lane (call after in-flight requests have finished)."""
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
+        for lane in self._lanes.values():
+            lane.close("the front door is stopping")
+        if self._on_close is not None:
+            await self._on_close()
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                endpoints = list(await self._discover())
+            except Exception:  # the registry restarting must not stop the lanes already open
+                logger.debug("could not read the lane registry", exc_info=True)
+                endpoints = []
+            await asyncio.gather(*(self._connect(endpoint) for endpoint in endpoints))
+            if self.readiness()[0] == len(self._capacity):
+                self._all_connected.set()
+            await asyncio.sleep(self._poll_s)
+
+    async def _connect(self, endpoint: LaneEndpoint) -> None:
+        if endpoint.instance not in self._capacity:
+            return
+        current = self._lanes.get(endpoint.instance)
+        if current is not None and current.endpoint == endpoint and current.alive:
+            return
+        try:
+            lane = await LaneConnection.open(endpoint, self._token, self._connect_timeout_s)
+        except (OSError, TimeoutError, LaneProtocolError, asyncio.IncompleteReadError) as error:
+            logger.debug("lane to %s at %s:%d not open: %s", endpoint.instance, endpoint.host, endpoint.port, error)
+            return
+        previous = self._lanes.get(endpoint.instance)
+        if previous is not None:
+            previous.close(f"instance {endpoint.instance} was replaced")
+        self._lanes[endpoint.instance] = lane
+        self._reported.pop(endpoint.instance, None)
+        logger.info("lane to %s open (%s:%d)", endpoint.instance, endpoint.host, endpoint.port)

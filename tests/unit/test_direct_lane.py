@@ -1,0 +1,284 @@
+"""The direct lane without Ray: real TCP connections between ``DirectForwarder`` and ``LaneServer`` instances that
+serve a small ASGI app; the registry is a list the test edits (the hub in production)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from orchestrator.balancer import Weights
+from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.lane_protocol import (
+    CANCEL,
+    HELLO,
+    Frame,
+    LaneProtocolError,
+    encode,
+    read_frame,
+    request_frame,
+    request_from,
+    response_frame,
+    response_from,
+)
+from orchestrator.metrics_hub import MetricsHub
+from workers.lane_server import LaneServer
+
+TOKEN = "lane-secret"
+
+
+class LaneApp:
+    """An ASGI app answering ``/echo`` (its body, and which instance answered), ``/slow`` (after ``release`` is set),
+    ``/hang`` (never: records its cancellation) and ``/boom`` (raises)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = (await receive())["body"]
+        path = scope["path"]
+        if path == "/boom":
+            raise RuntimeError("bug in the handler")
+        self.started.set()
+        if path == "/slow":
+            await self.release.wait()
+        if path == "/hang":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        headers = [(b"x-instance", self.name.encode()), (b"x-query", scope["query_string"])]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Replica:
+    """A lane server with its app, as one replica would run them."""
+
+    def __init__(self, name: str, token: str = TOKEN, load: float = 0.0) -> None:
+        self.app = LaneApp(name)
+        self.load = load
+        self.server = LaneServer(self.app, token, name, lambda: (self.load, 0))
+        self.endpoint: LaneEndpoint | None = None
+
+    async def start(self, incarnation: str = "1") -> LaneEndpoint:
+        host, port = await self.server.start("127.0.0.1")
+        self.endpoint = LaneEndpoint(self.app.name, host, port, incarnation)
+        return self.endpoint
+
+
+class Registry:
+    """The endpoints the forwarder discovers."""
+
+    def __init__(self) -> None:
+        self.endpoints: list[LaneEndpoint] = []
+
+    async def __call__(self) -> list[LaneEndpoint]:
+        return list(self.endpoints)
+
+
+def request(path: str = "/echo", body: bytes = b"hello", query: bytes = b"") -> ForwardedRequest:
+    return ForwardedRequest("POST", path, query, ((b"content-type", b"text/plain"),), body)
+
+
+@pytest.fixture
+async def two_replicas() -> AsyncIterator[tuple[DirectForwarder, Replica, Replica, Registry]]:
+    a, b = Replica("pool-a"), Replica("pool-b")
+    registry = Registry()
+    registry.endpoints = [await a.start(), await b.start()]
+    forwarder = DirectForwarder({"pool-a": 4, "pool-b": 4}, TOKEN, registry, Weights(0.0, 1.0), poll_s=0.02)
+    await forwarder.start(wait_s=5)
+    yield forwarder, a, b, registry
+    await forwarder.aclose()
+    await a.server.close()
+    await b.server.close()
+
+
+async def until(condition: Any, timeout_s: float = 5.0) -> None:
+    async def poll() -> None:
+        while not condition():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
+# ---- the wire format ------------------------------------------------------------------------------------------
+
+
+async def test_frames_carry_requests_and_answers_whole() -> None:
+    reader = asyncio.StreamReader()
+    original = ForwardedRequest("GET", "/v1/x", b"a=1&b=\xe9", ((b"x-k", b"v\xe9"),), b"\x00\x01body")
+    answer = ForwardedResponse(503, ((b"retry-after", b"1"),), b'{"error":"x"}')
+    reader.feed_data(encode(request_frame(7, original)) + encode(response_frame(7, answer, 0.25, 12)))
+    reader.feed_eof()
+    first, second = await read_frame(reader), await read_frame(reader)
+    assert first is not None and second is not None
+    assert first.request_id == 7 and request_from(first) == original
+    assert response_from(second) == answer and second.meta["load"] == 0.25 and second.meta["queued_texts"] == 12
+    assert await read_frame(reader) is None  # a clean end between frames
+
+
+async def test_malformed_frames_are_protocol_errors() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(struct.pack("!IBII", 1, 99, 2, 0) + b"{}")
+    with pytest.raises(LaneProtocolError, match="bad frame header"):
+        await read_frame(reader)
+    reader = asyncio.StreamReader()
+    reader.feed_data(struct.pack("!IBII", 1, HELLO, 3, 0) + b"[1]")
+    with pytest.raises(LaneProtocolError, match="not a JSON object"):
+        await read_frame(reader)
+    truncated = asyncio.StreamReader()
+    truncated.feed_data(encode(Frame(1, HELLO, {"token": "x"}))[:-2])
+    truncated.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(truncated)
+    with pytest.raises(LaneProtocolError, match="incomplete request"):
+        request_from(Frame(1, HELLO, {"path": "/x"}))
+
+
+# ---- forwarding over lanes ------------------------------------------------------------------------------------
+
+
+async def test_requests_cross_the_lane_and_answers_match_their_requests(two_replicas: Any) -> None:
+    forwarder, a, b, _ = two_replicas
+    assert forwarder.readiness() == (2, 2)
+    slow = asyncio.ensure_future(forwarder(request("/slow", b"slow one")))
+    await until(lambda: a.app.started.is_set() or b.app.started.is_set())
+    # The slow request holds one instance; later requests still get their own answers, whichever lane they take.
+    answers = await asyncio.gather(*(forwarder(request(body=f"text {n}".encode(), query=b"n=1")) for n in range(6)))
+    assert [answer.body for answer in answers] == [f"text {n}".encode() for n in range(6)]
+    assert all((b"x-query", b"n=1") in answer.headers for answer in answers)
+    a.app.release.set()
+    b.app.release.set()
+    assert (await slow).body == b"slow one"
+
+
+async def test_the_balancer_sends_work_to_the_instance_with_less_outstanding(two_replicas: Any) -> None:
+    forwarder, a, b, _ = two_replicas
+    held = [asyncio.ensure_future(forwarder(request("/slow"))) for _ in range(3)]
+    await until(lambda: a.app.started.is_set() and b.app.started.is_set())
+    # 3 outstanding over 2 equal instances: 2 on one, 1 on the other; the next goes to the one with 1.
+    busier = forwarder._outstanding["pool-a"] > forwarder._outstanding["pool-b"]
+    answer = await forwarder(request())
+    assert dict(answer.headers)[b"x-instance"] == (b"pool-b" if busier else b"pool-a")
+    a.app.release.set()
+    b.app.release.set()
+    await asyncio.gather(*held)
+
+
+async def test_reported_load_steers_requests_and_fades_when_nothing_runs() -> None:
+    a, b = Replica("pool-a", load=0.9), Replica("pool-b", load=0.1)
+    registry = Registry()
+    registry.endpoints = [await a.start(), await b.start()]
+    now = [100.0]
+    forwarder = DirectForwarder({"pool-a": 4, "pool-b": 4}, TOKEN, registry, Weights(1.0, 0.0), clock=lambda: now[0])
+    await forwarder.start(wait_s=5)
+    try:
+        forwarder._reported = {"pool-a": (0.9, 100.0), "pool-b": (0.1, 100.0)}
+        assert dict((await forwarder(request())).headers)[b"x-instance"] == b"pool-b"
+        # pool-a's 0.9 was measured over the last 2 s; with nothing of ours running there it fades to 0 in 2 s.
+        now[0] = 101.5
+        assert forwarder._instance_load("pool-a", now[0]).load == pytest.approx(0.9 * 0.25)
+        now[0] = 103.0
+        assert forwarder._instance_load("pool-a", now[0]).load == 0.0
+    finally:
+        await forwarder.aclose()
+        await a.server.close()
+        await b.server.close()
+
+
+async def test_a_lost_replica_fails_its_requests_as_lost_and_its_successor_is_connected(two_replicas: Any) -> None:
+    forwarder, a, b, registry = two_replicas
+    hanging = asyncio.ensure_future(forwarder(request("/hang")))
+    await until(lambda: a.app.started.is_set() or b.app.started.is_set())
+    victim, survivor = (a, b) if a.app.started.is_set() else (b, a)
+    await victim.server.close()  # the replica process dies: its connections close
+    with pytest.raises(InstanceLost):
+        await hanging
+    await until(lambda: forwarder.readiness() == (1, 2))
+    answer = await forwarder(request())  # only the survivor takes requests now
+    assert dict(answer.headers)[b"x-instance"] == survivor.app.name.encode()
+    # Serve starts a successor for the same instance; it registers a new endpoint and the lane reconnects.
+    successor = Replica(victim.app.name)
+    registry.endpoints = [await successor.start("2"), survivor.endpoint]
+    await until(lambda: forwarder.readiness() == (2, 2))
+    await successor.server.close()
+
+
+async def test_a_cancelled_call_cancels_the_request_in_the_replica(two_replicas: Any) -> None:
+    forwarder, a, b, _ = two_replicas
+    call = asyncio.ensure_future(forwarder(request("/hang")))
+    await until(lambda: a.app.started.is_set() or b.app.started.is_set())
+    replica = a if a.app.started.is_set() else b
+    call.cancel()
+    await until(replica.app.cancelled.is_set)
+    assert forwarder.readiness() == (2, 2)  # the lane stays open for the others
+
+
+async def test_an_exception_in_the_replica_app_is_a_json_500(two_replicas: Any) -> None:
+    forwarder, *_ = two_replicas
+    answer = await forwarder(request("/boom"))
+    assert answer.status == 500
+    assert orjson.loads(answer.body) == {
+        "error": "internal error in the replica: RuntimeError",
+        "error_type": "Internal",
+    }
+    assert (await forwarder(request())).status == 200  # the lane keeps serving
+
+
+async def test_a_wrong_token_or_another_instance_is_never_connected() -> None:
+    wrong_token = Replica("pool-a", token="another-secret")
+    impostor = Replica("pool-c")
+    registry = Registry()
+    endpoint = await impostor.start()
+    registry.endpoints = [await wrong_token.start(), LaneEndpoint("pool-b", endpoint.host, endpoint.port, "1")]
+    forwarder = DirectForwarder({"pool-a": 1, "pool-b": 1}, TOKEN, registry, poll_s=0.02)
+    await forwarder.start(wait_s=0.3)
+    try:
+        assert forwarder.readiness() == (0, 2)
+        with pytest.raises(NoInstance, match="0 of 2 instances connected"):
+            await forwarder(request())
+    finally:
+        await forwarder.aclose()
+        await wrong_token.server.close()
+        await impostor.server.close()
+
+
+async def test_the_replica_closes_a_lane_that_does_not_greet_with_the_token() -> None:
+    replica = Replica("pool-a")
+    endpoint = await replica.start()
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    writer.write(encode(request_frame(1, request())))  # no HELLO first
+    assert await read_frame(reader) is None
+    writer.close()
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    writer.write(encode(Frame(0, HELLO, {"token": TOKEN})) + encode(Frame(5, CANCEL, {})))  # unknown id: ignored
+    hello = await read_frame(reader)
+    assert hello is not None and hello.meta == {"instance": "pool-a"}
+    writer.write(encode(request_frame(6, request(body=b"after"))))
+    answer = await read_frame(reader)
+    assert answer is not None and answer.request_id == 6 and answer.body == b"after"
+    writer.close()
+    await replica.server.close()
+
+
+def test_the_hub_keeps_the_latest_lane_of_each_instance() -> None:
+    hub = MetricsHub(clock=lambda: 10.0)
+    snapshot = {"time": 1.0, "embeddings": 0, "tokens": 0, "started_at": 1.0}
+    hub.push({"instance": "pool-a"}, snapshot, {"host": "127.0.0.1", "port": 4001, "incarnation": "old"})
+    hub.push({"instance": "pool-b"}, snapshot)  # transport "serve": no lane
+    hub.push(
+        {"instance": "pool-a"},
+        {**snapshot, "started_at": 2.0},
+        {"host": "127.0.0.1", "port": 4002, "incarnation": "new"},
+    )
+    assert hub.lanes() == [{"instance": "pool-a", "host": "127.0.0.1", "port": 4002, "incarnation": "new"}]

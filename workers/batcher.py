@@ -90,7 +90,9 @@ class Batcher:
         run_batch: computes vectors for one batch (called in a worker thread).
         max_batch_size: most texts in one batch.
         max_batch_tokens: most padded tokens (longest text x texts) in one batch.
-        max_wait_ms: when idle, how long to wait for more texts before starting a round.
+        max_wait_ms: when idle, how long a partial batch waits for more texts before starting a round, if the last
+            round served several requests (concurrent clients: their next requests arrive together); after a
+            round of one request (a lone client) the next starts at once.
         max_queued_texts: texts allowed to wait; a request beyond it gets Overloaded.
         max_concurrency: batches computing at once.
         batch_overhead_tokens: the fixed cost of one forward pass, in padded tokens (see ``form_batches``).
@@ -132,6 +134,7 @@ class Batcher:
         self._batches_done = 0
         self._texts_done = 0
         self._loop_task: asyncio.Task[None] | None = None
+        self._last_round_requests = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- submitting -------------------------------------------------------------------------------------------
@@ -208,12 +211,20 @@ class Batcher:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            if self._running == 0 and self._max_wait_s > 0 and len(self._waiting) < self._max_batch_size:
-                # Idle and only a partial batch: give concurrent requests a moment to join it.
+            if (
+                self._running == 0
+                and self._max_wait_s > 0
+                and len(self._waiting) < self._max_batch_size
+                and self._last_round_requests > 1
+            ):
+                # Idle with a partial batch, and the last round had company: the clients it answered send their
+                # next requests at about the same time, so let them join one sorted round instead of starting
+                # a small one alone. A lone client never waits (measured: 2.3 ms of its latency).
                 await asyncio.sleep(self._max_wait_s)
             texts = self._take_round()
             if not texts:
                 continue
+            self._last_round_requests = len({id(text.request) for text in texts})
             # The next round is formed as soon as this round's batches have all started, so that with
             # max_concurrency > 1 no worker idles while the last batch of a round computes.
             for batch in self.form_batches(texts):

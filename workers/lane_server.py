@@ -89,6 +89,8 @@ class LaneServer:
                     requests[frame.request_id].cancel()
         except (LaneProtocolError, asyncio.IncompleteReadError, ConnectionError) as error:
             logger.warning("direct lane connection dropped: %s", error)
+        except asyncio.CancelledError:
+            pass  # the server is closing: end quietly (asyncio logs a cancelled connection handler as an error)
         finally:
             for task in list(requests.values()):
                 task.cancel()

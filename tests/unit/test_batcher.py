@@ -198,3 +198,24 @@ async def test_timings_and_batch_records() -> None:
     assert result.inference_s == pytest.approx(0.5)  # two batches of one text, one after the other
     assert [(r.texts, r.padded_tokens, r.seconds) for r in records] == [(1, 3, 0.25), (1, 5, 0.25)]
     await batcher.close()
+
+
+async def test_an_idle_batcher_waits_for_company_only_after_a_round_that_had_some() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=8, max_wait_ms=300)
+
+    async def lone_then_another() -> None:
+        first = asyncio.ensure_future(batcher.submit([tokens(3)]))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, batcher.submit([tokens(4)]))
+
+    # A lone client (no round yet, or the last round held one request): its request starts at once, so a second
+    # one 50 ms later runs in a batch of its own.
+    await lone_then_another()
+    assert [len(batch) for batch in backend.batches] == [1, 1]
+    # A round of two concurrent requests; then an idle replica holds a partial batch up to 300 ms for company.
+    await asyncio.gather(batcher.submit([tokens(2)]), batcher.submit([tokens(5)]))
+    backend.batches.clear()
+    await lone_then_another()
+    assert [len(batch) for batch in backend.batches] == [2]
+    await batcher.close()

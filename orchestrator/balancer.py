@@ -10,7 +10,8 @@ a 2-thread pool next to a 1-thread pool) compare fairly:
   not yet sent) divided by the number of requests it is sized to hold, so a replica twice as big looks half as full
   with the same queue.
 
-Nothing here imports Ray; ``orchestrator/router.py`` feeds these functions from Serve's routing path.
+Nothing here imports Ray. The front door's ``orchestrator/direct_forwarder.py`` feeds these functions (direct lanes,
+the default), and ``orchestrator/router.py`` from Serve's routing path (``server.transport: serve``).
 """
 
 from __future__ import annotations

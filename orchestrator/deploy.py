@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.planner import Plan, instances_by_node
@@ -198,15 +199,17 @@ def attach_front_door(
 ) -> None:
     """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
     lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
-    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights())
+    load_weight, queue_weight = loaded.config.balancer.weights()
+    forwarder = open_forwarder(plan, lane_token, Weights(load_weight=load_weight, queue_weight=queue_weight))
     front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
     front.run_on_loop(forwarder.start(wait_s), timeout_s=wait_s + 5.0)
 
 
-def open_forwarder(plan: Plan, lane_token: str | None = None, weights: tuple[float, float] = (0.2, 0.8)) -> Any:
+def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights = Weights()) -> Any:
     """The front door's forwarder, per ``server.transport``.
 
-    ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer in the front door.
+    ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer (``weights``) in the
+    front door.
     ``serve``: Serve handles to this machine's replicas, or spread over one handle per node; routing inside a node
     is our balancer (the deployment's router); across nodes the front door sends each request to the node with the
     least outstanding work per unit of capacity (``NodeSpreadForwarder``).
@@ -227,10 +230,9 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: tuple[flo
     return NodeSpreadForwarder(forwarders)
 
 
-def _direct_forwarder(plan: Plan, lane_token: str, weights: tuple[float, float]) -> Any:
+def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Any:
     from ray import serve
 
-    from orchestrator.balancer import Weights
     from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
     from orchestrator.metrics_hub import find_hub
 
@@ -242,12 +244,11 @@ def _direct_forwarder(plan: Plan, lane_token: str, weights: tuple[float, float])
         lanes = await hub.lanes.remote()
         return [LaneEndpoint(lane["instance"], lane["host"], int(lane["port"]), lane["incarnation"]) for lane in lanes]
 
-    load_weight, queue_weight = weights
     return DirectForwarder(
         {instance.name: instance.capacity for instance in plan.instances},
         lane_token,
         registered_lanes,
-        Weights(load_weight=load_weight, queue_weight=queue_weight),
+        weights,
         on_close=serve.shutdown_async,  # after the lanes: Serve's replicas stop once nothing is in flight
     )
 

@@ -282,3 +282,23 @@ def test_the_hub_keeps_the_latest_lane_of_each_instance() -> None:
         {"host": "127.0.0.1", "port": 4002, "incarnation": "new"},
     )
     assert hub.lanes() == [{"instance": "pool-a", "host": "127.0.0.1", "port": 4002, "incarnation": "new"}]
+
+
+async def test_the_front_door_resends_a_request_whose_replica_died_to_the_other_one(two_replicas: Any) -> None:
+    from orchestrator.front_door import FrontDoor
+    from tests.unit.test_front_door import _call
+
+    forwarder, a, b, _ = two_replicas
+    door = FrontDoor(max_request_bytes=1000, request_timeout_s=5)
+    door.attach(forwarder, forwarder.readiness)
+    call = asyncio.ensure_future(_call(door, "POST", "/slow", b"keep me"))
+    await until(lambda: a.app.started.is_set() or b.app.started.is_set())
+    victim, survivor = (a, b) if a.app.started.is_set() else (b, a)
+    survivor.app.release.set()  # the survivor answers /slow at once; the victim dies holding the request
+    await victim.server.close()
+    status, headers, body = await call
+    assert (status, body) == (200, b"keep me")
+    assert headers[b"x-instance"] == survivor.app.name.encode()
+    assert (door.stats.retried, door.stats.instance_losses) == (1, 1)
+    status, _, _ = await _call(door, "GET", "/echo")
+    assert status == 200 and forwarder.readiness() == (1, 2)

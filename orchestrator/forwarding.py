@@ -12,6 +12,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from orchestrator.errors import OrchestratorError, error_body
+
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
@@ -33,6 +37,13 @@ class ForwardedResponse:
     status: int
     headers: Headers
     body: bytes
+
+
+def error_response(path: str, error: OrchestratorError) -> ForwardedResponse:
+    """The JSON answer for ``error`` (its status, body shape and headers), as the front door and replicas send it."""
+    headers = [(b"content-type", b"application/json")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    return ForwardedResponse(error.status_code, tuple(headers), orjson.dumps(error_body(path, error)))
 
 
 class InstanceLost(Exception):

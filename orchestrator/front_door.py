@@ -29,9 +29,15 @@ from orchestrator.errors import (
     OrchestratorError,
     PayloadTooLarge,
     ServiceUnavailable,
-    error_body,
 )
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Forwarder, InstanceLost, NoInstance
+from orchestrator.forwarding import (
+    ForwardedRequest,
+    ForwardedResponse,
+    Forwarder,
+    InstanceLost,
+    NoInstance,
+    error_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ class FrontDoor:
         try:
             body = await _read_body(scope, receive, self._max_request_bytes)
         except PayloadTooLarge as error:
-            await _send(send, _error(path, error))
+            await _send(send, error_response(path, error))
             return
         except _ClientGone:
             return
@@ -138,7 +144,7 @@ class FrontDoor:
                 self.stats.cancelled += 1
                 return None
             self.stats.timed_out += 1
-            response = _error(
+            response = error_response(
                 request.path, DeadlineExceeded(f"no answer from the instance in {self._deadline_s:.0f} s")
             )
         return self._decorate(request.path, response)
@@ -146,7 +152,7 @@ class FrontDoor:
     async def _forward_with_retry(self, request: ForwardedRequest) -> ForwardedResponse:
         forwarder = self._forwarder
         if forwarder is None:
-            return _error(request.path, ServiceUnavailable("the service is starting: instances are loading"))
+            return error_response(request.path, ServiceUnavailable("the service is starting: instances are loading"))
         for attempt in range(self._retries + 1):
             try:
                 return await forwarder(request)
@@ -157,14 +163,14 @@ class FrontDoor:
                     logger.warning("instance lost during %s %s (%s); retrying", request.method, request.path, lost)
             except NoInstance as missing:
                 self.stats.failed_unavailable += 1
-                return _error(request.path, ServiceUnavailable(f"no instance is running: {missing}"))
+                return error_response(request.path, ServiceUnavailable(f"no instance is running: {missing}"))
             except Exception as error:  # a Ray or Serve failure we do not know: still a JSON answer, never a crash
                 logger.exception("forwarding %s %s failed", request.method, request.path)
                 self.stats.failed_internal += 1
                 failure = OrchestratorError(f"internal error while forwarding: {type(error).__name__}")
-                return _error(request.path, failure)
+                return error_response(request.path, failure)
         self.stats.failed_unavailable += 1
-        return _error(
+        return error_response(
             request.path, ServiceUnavailable(f"the instance serving this request was lost {attempt + 1} times")
         )
 
@@ -244,12 +250,6 @@ async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _error(path: str, error: OrchestratorError) -> ForwardedResponse:
-    headers = [(b"content-type", b"application/json")]
-    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
-    return ForwardedResponse(error.status_code, tuple(headers), orjson.dumps(error_body(path, error)))
 
 
 def _replace_body(response: ForwardedResponse, body: bytes) -> ForwardedResponse:

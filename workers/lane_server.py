@@ -16,10 +16,8 @@ import logging
 import socket
 from collections.abc import Callable
 
-import orjson
-
-from orchestrator.errors import OrchestratorError, error_body
-from orchestrator.forwarding import ForwardedResponse
+from orchestrator.errors import OrchestratorError
+from orchestrator.forwarding import error_response
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
@@ -122,8 +120,7 @@ class LaneServer:
         except Exception as error:  # the app raised past its own error handling: still one JSON answer
             logger.exception("%s %s failed in the replica", request.method, request.path)
             failure = OrchestratorError(f"internal error in the replica: {type(error).__name__}")
-            body = orjson.dumps(error_body(request.path, failure))
-            response = ForwardedResponse(failure.status_code, ((b"content-type", b"application/json"),), body)
+            response = error_response(request.path, failure)
         load, queued = self._stats()
         if not writer.is_closing():
             writer.write(encode(response_frame(frame.request_id, response, load, queued)))

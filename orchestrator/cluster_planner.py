@@ -159,6 +159,7 @@ def plan_cluster(
     footprint: ModelFootprint | None = None,
     flash_available: bool = False,
     onnx_available: bool = True,
+    accelerate_available: bool | None = None,
 ) -> Plan:
     """Place every configured instance on the nodes of a Ray cluster (``discover_nodes`` order: head first).
 
@@ -209,6 +210,6 @@ def plan_cluster(
     if problems:
         raise PlanError("\n".join(problems))
     planned = [dataclasses.replace(p, rank=rank) for rank, p in enumerate(planned)]
-    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available)
+    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available, accelerate_available)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

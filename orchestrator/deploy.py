@@ -69,6 +69,9 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
         if ray_config.address:
             ray.init(address=ray_config.address, logging_level=logging.WARNING)
         else:
+            # Ray's own Prometheus metrics have no reader in an embedded Ray without dashboard (our /metrics carries
+            # the service's); not collecting them saves ~0.5% of a 2-core machine under load (agent, GCS, raylet).
+            os.environ.setdefault("RAY_enable_metrics_collection", "0")
             ray.init(
                 num_cpus=num_cpus,
                 include_dashboard=False,

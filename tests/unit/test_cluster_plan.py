@@ -133,14 +133,15 @@ def test_an_instance_spanning_gpus_stays_on_one_node(monkeypatch: pytest.MonkeyP
     pair = machine_of(("a100_mig_disabled", 0), ("two_gpus_mig_and_whole", 1))
     nodes.append(node(monkeypatch, pair, "10.0.0.2"))  # type: ignore[arg-type]
     raw = {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
-    placement = plan_cluster(parse_config(raw), nodes, MINILM)
+    # As on GPU nodes with the gpu extra: accelerate is what splits "big" (not needed on this CPU machine).
+    placement = plan_cluster(parse_config(raw), nodes, MINILM, accelerate_available=True)
     assert [(i.name, i.node_ip, i.gpu.gpu_indices) for i in placement.instances] == [
         ("one", "10.0.0.1", (1,)),
         ("big", "10.0.0.2", (0, 1)),
     ]
     raw["mig_instances"][1]["gpus"] = 3
     with pytest.raises(PlanError) as caught:
-        plan_cluster(parse_config(raw), nodes, MINILM)
+        plan_cluster(parse_config(raw), nodes, MINILM, accelerate_available=True)
     assert str(caught.value) == (
         "instance 'big': gpus: 3 needs 3 whole GPUs without MIG on one node, and no node has that many free "
         "(node 10.0.0.1: 0 free of 1 without MIG; node 10.0.0.2: 2 free of 2 without MIG)"

@@ -81,8 +81,10 @@ class Registry:
 
     def __init__(self) -> None:
         self.endpoints: list[LaneEndpoint] = []
+        self.reads = 0
 
     async def __call__(self) -> list[LaneEndpoint]:
+        self.reads += 1
         return list(self.endpoints)
 
 
@@ -212,6 +214,27 @@ async def test_a_lost_replica_fails_its_requests_as_lost_and_its_successor_is_co
     registry.endpoints = [await successor.start("2"), survivor.endpoint]
     await until(lambda: forwarder.readiness() == (2, 2))
     await successor.server.close()
+
+
+async def test_the_registry_is_read_often_only_while_a_lane_is_missing() -> None:
+    a, b = Replica("pool-a"), Replica("pool-b")
+    registry = Registry()
+    registry.endpoints = [await a.start()]
+    forwarder = DirectForwarder({"pool-a": 1, "pool-b": 1}, TOKEN, registry, poll_s=0.01, settled_poll_s=60.0)
+    await forwarder.start(wait_s=0.2)  # pool-b has not registered: the watcher keeps reading
+    try:
+        assert registry.reads >= 5
+        registry.endpoints.append(await b.start())
+        await until(lambda: forwarder.readiness() == (2, 2))
+        settled_reads = registry.reads
+        await asyncio.sleep(0.2)
+        assert registry.reads == settled_reads  # every lane open: no read for settled_poll_s
+        await a.server.close()  # a lane breaking wakes the watcher at once, and it reads often again
+        await until(lambda: registry.reads >= settled_reads + 3)
+        assert forwarder.readiness() == (1, 2)
+    finally:
+        await forwarder.aclose()
+        await b.server.close()
 
 
 async def test_a_cancelled_call_cancels_the_request_in_the_replica(two_replicas: Any) -> None:

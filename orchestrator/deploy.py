@@ -117,7 +117,8 @@ def build_application(  # noqa: ANN201
     lane_token: str | None = None,
 ):
     """The Serve application of one node (None: this machine): one deployment, one replica per planned instance on
-    that node, routed by our balancer; with ``lane_token`` each replica also opens a direct lane."""
+    that node; with ``lane_token`` each replica opens a direct lane (the front door balances), without it Serve
+    handles route through our balancer (``orchestrator/router.py``)."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -150,6 +151,14 @@ def build_application(  # noqa: ANN201
     # with 429 instead of waiting in the router.
     instances = plan.instances_on_node(node_id)
     max_ongoing = max(max(i.max_queued_texts for i in instances), 16)
+    routing: dict[str, Any] = {}
+    if lane_token is None:
+        # Only Serve handles route through our router; with direct lanes the front door balances itself.
+        routing["request_router_config"] = RequestRouterConfig(
+            request_router_class=ROUTER_CLASS,
+            request_router_kwargs=dict(zip(("load_weight", "queue_weight"), config.balancer.weights(), strict=True)),
+            request_routing_stats_period_s=tuning.routing_stats_period_s,
+        )
     deployment = serve.deployment(EmbeddingReplica).options(
         name=DEPLOYMENT_NAME,
         num_replicas=len(instances),
@@ -158,11 +167,7 @@ def build_application(  # noqa: ANN201
         health_check_period_s=tuning.health_check_period_s,
         graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
-        request_router_config=RequestRouterConfig(
-            request_router_class=ROUTER_CLASS,
-            request_router_kwargs=dict(zip(("load_weight", "queue_weight"), config.balancer.weights(), strict=True)),
-            request_routing_stats_period_s=tuning.routing_stats_period_s,
-        ),
+        **routing,
     )
     return deployment.bind(spec)
 

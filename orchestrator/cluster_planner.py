@@ -153,6 +153,49 @@ def _cpu_only_cluster(
     )
 
 
+def _check_engine_per_node(
+    config: Config,
+    planned: list[PlannedInstance],
+    nodes: Sequence[NodeTopology],
+    names: dict[str, str],
+    footprint: ModelFootprint | None,
+    flash_available: bool,
+    onnx_available: bool,
+    accelerate_available: bool | None,
+) -> tuple[list[PlannedInstance], list[str]]:
+    """``check_engine`` for each node's instances with what imports on that node (flash attention, accelerate):
+    the replicas load their model there, not here. Nodes whose packages were not looked up get the given values.
+    Lines and problems are prefixed with the node's name when instances run on more than one node."""
+    by_node = {n.node_id: n for n in nodes}
+    groups: dict[str, list[PlannedInstance]] = {}
+    for instance in planned:
+        groups.setdefault(str(instance.node_id), []).append(instance)
+    prefix = len(groups) > 1
+    chosen: dict[str, PlannedInstance] = {}
+    lines: list[str] = []
+    problems: dict[str, list[str]] = {}  # problem -> the nodes it was found on (model-wide ones: every node)
+    for node_id, instances in groups.items():
+        packages = by_node[node_id].packages
+        flash = flash_available if packages is None else "flash_attn" in packages
+        accelerate = accelerate_available if packages is None else "accelerate" in packages
+        try:
+            checked, node_lines = check_engine(config, instances, footprint, flash, onnx_available, accelerate)
+        except PlanError as error:
+            for line in error.message.splitlines():
+                problems.setdefault(line, []).append(names[node_id])
+            continue
+        chosen.update((i.name, i) for i in checked)
+        lines += [f"{names[node_id]}: {line}" if prefix else line for line in node_lines]
+    if problems:
+        raise PlanError(
+            "\n".join(
+                line if not prefix or len(where) == len(groups) else "\n".join(f"{name}: {line}" for name in where)
+                for line, where in problems.items()
+            )
+        )
+    return [chosen[i.name] for i in planned], lines
+
+
 def plan_cluster(
     config: Config,
     nodes: Sequence[NodeTopology],
@@ -162,6 +205,9 @@ def plan_cluster(
     accelerate_available: bool | None = None,
 ) -> Plan:
     """Place every configured instance on the nodes of a Ray cluster (``discover_nodes`` order: head first).
+
+    ``flash_available`` and ``accelerate_available`` stand for nodes whose optional packages were not looked up
+    (``NodeTopology.packages`` None); a probed node's own packages decide for its instances.
 
     Every instance carries its node's ``node_id`` and ``node_ip``; ``gpu.gpu_index`` counts on that node. Notes are
     prefixed with the node's name. Raises PlanError, one line per problem naming the nodes (what profiles and free
@@ -210,6 +256,8 @@ def plan_cluster(
     if problems:
         raise PlanError("\n".join(problems))
     planned = [dataclasses.replace(p, rank=rank) for rank, p in enumerate(planned)]
-    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available, accelerate_available)
+    planned, lines = _check_engine_per_node(
+        config, planned, nodes, names, footprint, flash_available, onnx_available, accelerate_available
+    )
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

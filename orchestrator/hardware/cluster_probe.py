@@ -8,6 +8,7 @@ tested with node records shaped like ``ray.nodes()``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import socket
 from collections import Counter
@@ -23,6 +24,9 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 # Every node carries this label with its hex node id; unlike ``node:<ip>`` it stays unambiguous when several raylets
 # share one IP (a test cluster on one machine).
 NODE_ID_LABEL = "ray.io/node-id"
+# Optional packages whose presence changes what an instance may do on its node (flash attention; splitting a model
+# over several whole GPUs): looked up on each node, since a CPU head need not have the gpu extra its GPU nodes have.
+OPTIONAL_PACKAGES = ("flash_attn", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class NodeTopology:
         hostname: ``socket.gethostname()`` on the node.
         is_head: True for the head node of the cluster.
         topology: what ``probe_topology`` found there.
+        packages: which of ``OPTIONAL_PACKAGES`` import on the node (None: not looked up; the planner then assumes
+            the planning process's own environment).
     """
 
     node_id: str
@@ -42,6 +48,7 @@ class NodeTopology:
     hostname: str
     is_head: bool
     topology: Topology
+    packages: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,13 +134,18 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _probe_on_node(probe: Callable[[], Topology] | None) -> tuple[Topology, str]:
-    """The body of the per-node task: the node's topology and hostname."""
+def installed_optional_packages() -> frozenset[str]:
+    """The ``OPTIONAL_PACKAGES`` that import in this process's environment."""
+    return frozenset(name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is not None)
+
+
+def _probe_on_node(probe: Callable[[], Topology] | None) -> tuple[Topology, str, frozenset[str]]:
+    """The body of the per-node task: the node's topology, hostname and optional packages."""
     if probe is None:
         from orchestrator.hardware.probe import probe_topology
 
         probe = probe_topology
-    return probe(), socket.gethostname()
+    return probe(), socket.gethostname(), installed_optional_packages()
 
 
 def discover_nodes(
@@ -143,8 +155,9 @@ def discover_nodes(
 
     One task per node, pinned with a hard ``NodeAffinitySchedulingStrategy`` and asking for no CPU (so that it runs
     on a head started with ``--num-cpus=0`` and beside busy replicas), calls ``probe`` there (default:
-    ``probe_topology``, imported on the node). Returns the nodes, head first then by IP, and one warning line per
-    node skipped because its task failed or did not finish within ``timeout_s`` (counted for all tasks together).
+    ``probe_topology``, imported on the node) and looks up the node's ``OPTIONAL_PACKAGES``. Returns the nodes, head
+    first then by IP, and one warning line per node skipped because its task failed or did not finish within
+    ``timeout_s`` (counted for all tasks together).
     Raises only what ``ray.nodes()`` raises (Ray not initialised...).
     """
     import ray
@@ -170,12 +183,13 @@ def discover_nodes(
                 ray.cancel(ref, force=True)
             continue
         try:
-            topology, hostname = ray.get(ref)
+            topology, hostname, packages = ray.get(ref)
         except Exception as error:  # noqa: BLE001 - any failure skips the node with one line
             warnings.append(f"{where} failed ({_one_line(error)}); node skipped")
             continue
         if not isinstance(topology, Topology):
             warnings.append(f"{where} returned {type(topology).__name__}, not a Topology; node skipped")
             continue
-        nodes.append(NodeTopology(record.node_id, record.node_ip, str(hostname), record.is_head, topology))
+        node = NodeTopology(record.node_id, record.node_ip, str(hostname), record.is_head, topology, packages)
+        nodes.append(node)
     return tuple(nodes), tuple(warnings)

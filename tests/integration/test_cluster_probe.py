@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.hardware.cluster_probe import installed_optional_packages
 from orchestrator.hardware.topology import CpuTopology, Topology
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,10 @@ def run_cluster(result_path: str) -> None:
         for name, (probe, timeout_s) in calls.items():
             nodes, warnings = discover_nodes(probe, timeout_s=timeout_s)
             result[name] = {
-                "nodes": [[n.node_id, n.node_ip, n.hostname, n.is_head, list(n.topology.warnings)] for n in nodes],
+                "nodes": [
+                    [n.node_id, n.node_ip, n.hostname, n.is_head, list(n.topology.warnings), sorted(n.packages or ())]
+                    for n in nodes
+                ],
                 "warnings": list(warnings),
             }
         result["serving"] = {
@@ -184,6 +188,8 @@ def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
     assert [(n[0], n[2], n[3]) for n in plain["nodes"]] == [(head_id, host, True), (worker_id, host, False)]
     # Each node's probe ran on that node: the Topology it returned names the node it was computed on.
     assert [n[4] for n in plain["nodes"]] == [[f"probed on {head_id}"], [f"probed on {worker_id}"]]
+    # ... and looked up there which optional GPU packages import (both nodes share this environment).
+    assert [n[5] for n in plain["nodes"]] == [sorted(installed_optional_packages())] * 2
 
     worker_name = f"node {plain['nodes'][1][1]} ({worker_id[:8]})"  # both nodes share one IP: the id tells them apart
     failing = result["failing"]

@@ -148,6 +148,31 @@ def test_an_instance_spanning_gpus_stays_on_one_node(monkeypatch: pytest.MonkeyP
     )
 
 
+def test_what_imports_on_each_gpu_node_decides_for_its_instances(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU head without the gpu extra plans for GPU nodes that have it: each node's probed packages decide."""
+    head = dataclasses.replace(node(monkeypatch, None, "10.0.0.1", head=True), packages=frozenset())
+    split = dataclasses.replace(node(monkeypatch, "a100_mig_disabled", "10.0.0.2"), packages=frozenset({"accelerate"}))
+    pair = machine_of(("a100_mig_disabled", 0), ("two_gpus_mig_and_whole", 1))
+    two_gpus = node(monkeypatch, pair, "10.0.0.3")  # type: ignore[arg-type]
+    big = dataclasses.replace(two_gpus, packages=frozenset({"accelerate"}))
+    raw = {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
+    placement = plan_cluster(parse_config(raw), [head, split, big], MINILM, accelerate_available=False)
+    assert [(i.name, i.node_ip) for i in placement.instances] == [("one", "10.0.0.2"), ("big", "10.0.0.3")]
+    assert [line.split(":")[0] for line in placement.backend_lines] == ["node 10.0.0.2", "node 10.0.0.3"]
+
+    without = dataclasses.replace(big, packages=frozenset())  # that node lacks accelerate: refused, naming it
+    with pytest.raises(PlanError) as caught:
+        plan_cluster(parse_config(raw), [head, split, without], MINILM, accelerate_available=True)
+    assert str(caught.value).startswith("node 10.0.0.3: instance 'big': gpus: 2 splits the model with accelerate")
+
+    raw["model"] = {"attn_implementation": "flash_attention_2"}  # flash attention: only where flash_attn imports
+    flash = dataclasses.replace(big, packages=frozenset({"accelerate", "flash_attn"}))
+    with pytest.raises(PlanError) as caught:
+        plan_cluster(parse_config(raw), [head, split, flash], MINILM, flash_available=True)
+    assert str(caught.value).startswith("node 10.0.0.2: model: ")
+    assert "10.0.0.3" not in str(caught.value)
+
+
 def test_model_too_big_for_a_slice_names_the_node(cluster: list[NodeTopology]) -> None:
     huge = ModelFootprint(parameters=12_000_000_000, stored_dtype_bytes=2)
     with pytest.raises(PlanError, match=r"^node 10.0.0.2: instance 'i1': the model needs about \d+ MiB"):
@@ -270,12 +295,21 @@ def test_discover_nodes_skips_failed_and_silent_nodes_with_one_line(monkeypatch:
     fake = FakeRay(
         [ray_node(w1, "10.0.0.2"), ray_node(h, "10.0.0.1", head=True), ray_node(w2, "10.0.0.3")]
         + [ray_node(w3, "10.0.0.4"), ray_node(w4, "10.0.0.5")],
-        {h: (topology, "head-host"), w1: failure, w2: "hang", w3: crash, w4: (topology, "w4-host")},
+        {
+            h: (topology, "head-host", frozenset()),
+            w1: failure,
+            w2: "hang",
+            w3: crash,
+            w4: (topology, "w4-host", frozenset({"accelerate"})),
+        },
     )
     fake.install(monkeypatch)
     nodes, warnings = discover_nodes(timeout_s=1.5)
     assert fake.pinned == [h, w1, w2, w3, w4]
-    assert [(n.node_id, n.hostname, n.is_head) for n in nodes] == [(h, "head-host", True), (w4, "w4-host", False)]
+    assert [(n.node_id, n.hostname, n.is_head, n.packages) for n in nodes] == [
+        (h, "head-host", True, frozenset()),
+        (w4, "w4-host", False, frozenset({"accelerate"})),
+    ]
     assert warnings == (
         "node 10.0.0.2: hardware probe failed (ValueError: NVML exploded); node skipped",
         "node 10.0.0.3: hardware probe did not answer within 1.5 s; node skipped",

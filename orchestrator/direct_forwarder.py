@@ -246,7 +246,7 @@ class DirectForwarder:
             if settled:
                 self._all_connected.set()
             # Each read is an actor call that costs the hub and this process CPU the replicas could use: read
-            # often only while something is missing (measured: 2 reads/s were ~0.5% of a 2-core machine).
+            # often only while something is missing (measured: 2 reads/s were ~0.3% of a 2-core machine).
             await self._sleep_unless_lane_lost(self._settled_poll_s if settled else self._poll_s)
 
     async def _sleep_unless_lane_lost(self, seconds: float) -> None:

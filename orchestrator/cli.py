@@ -25,6 +25,7 @@ from orchestrator.config import LoadedConfig, load_config
 from orchestrator.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planner import Plan, PlannedInstance, plan
+from orchestrator.ray_access import RayAccessError
 
 if TYPE_CHECKING:
     from orchestrator.front_door_server import FrontDoorServer
@@ -173,7 +174,8 @@ def up_command(
     started = time.monotonic()
     try:
         with console.status("Starting Ray...") as status:
-            deploy.start_ray(loaded)
+            for warning in deploy.start_ray(loaded):
+                console.print(f"[yellow]warning:[/yellow] {warning}")
             if loaded.config.ray.address:
                 status.update("Probing every node of the cluster...")
                 placement = _plan_on_cluster(loaded)
@@ -186,7 +188,7 @@ def up_command(
             lane_token = deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
             status.update("Connecting the front door to every instance...")
             deploy.attach_front_door(front, loaded, placement, lane_token)
-    except PlanError as error:  # the cluster cannot hold the config: nothing was deployed
+    except (PlanError, RayAccessError) as error:  # the cluster cannot hold the config or be joined: nothing deployed
         _stop(front)
         raise _fail(error.message, 2) from None
     except OrchestratorError as error:

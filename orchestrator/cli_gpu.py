@@ -16,6 +16,7 @@ from orchestrator.doctor import run_checks
 from orchestrator.errors import ConfigError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.mig_layout import LayoutPlan, plan_layout
+from orchestrator.ray_access import RayAccessError, cluster_access
 
 mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True)
 
@@ -129,10 +130,17 @@ def worker_command(
         console.print(
             f"[yellow]warning:[/yellow] GPU {pending} wait for a reset before MIG applies (run `orchestrator doctor`)"
         )
+    try:
+        access = cluster_access(os.environ)  # `ray start` joins only with the cluster's token (README)
+    except RayAccessError as error:
+        raise _fail(error.message, 2) from None
+    for warning in access.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     command = ray_worker_command(address, list(ray_args or []))
     console.print("$ " + shlex.join(command))
     if dry_run:
         return
+    access.apply(os.environ)
     try:
         os.execvp(command[0], command)  # replaces this process: Ctrl-C and exit codes are ray's own
     except OSError as error:

@@ -1,7 +1,8 @@
 """Plan -> Ray Serve application; start Ray, deploy, wait until healthy, shut down.
 
 The only orchestrator module that starts Ray. An embedded Ray is started without the dashboard, with a bounded
-object store and without token auth (it listens on this machine only); ``ray.address`` joins an existing cluster.
+object store, on loopback only and with Ray's token authentication; ``ray.address`` joins an existing cluster with
+the cluster's token (``ray_access`` decides both environments).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.planner import Plan, instances_by_node
+from orchestrator.ray_access import cluster_access, embedded_access, refresh_ray_config
 
 if TYPE_CHECKING:
     from orchestrator.front_door_server import FrontDoorServer
@@ -51,9 +53,16 @@ class ServeTuning:
     routing_stats_period_s: float = 0.5
 
 
-def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
-    """Start an embedded Ray (or join ``ray.address``) and Serve, without Serve's HTTP proxy (the front door serves)."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded, local-only cluster: no token prompt
+def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, ...]:
+    """Start an embedded Ray (or join ``ray.address``) and Serve, without Serve's HTTP proxy (the front door serves).
+
+    Returns warnings for the operator; raises RayAccessError when a cluster cannot be joined with a token.
+    """
+    ray_config = loaded.config.ray
+    secret_env = (loaded.config.server.api_key_env or "",)
+    choose_access = cluster_access if ray_config.address else embedded_access
+    access = choose_access(os.environ, secret_env)
+    access.apply(os.environ)  # before Ray starts: its processes inherit this environment
     # The front door calls replicas through a handle: over gRPC, and with the handle's router on the caller's own
     # event loop, a call costs about half as much (measured: /health 9.5 -> 6 ms, one short sentence 21 -> 17 ms).
     # Serve's controller loop every 0.5 s instead of 0.1 s halves its CPU (6 -> 3-4% of a core under load, +5%
@@ -64,8 +73,8 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
     import ray
     from ray import serve
 
-    ray_config = loaded.config.ray
     if not ray.is_initialized():
+        refresh_ray_config(loopback_only=not ray_config.address)
         if ray_config.address:
             ray.init(address=ray_config.address, logging_level=logging.WARNING)
         else:
@@ -82,6 +91,7 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
     # No Serve proxy: our front door (orchestrator/front_door.py) is the HTTP endpoint and calls replicas itself.
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    return access.warnings
 
 
 def app_name_for(node_id: str | None, node_ip: str | None) -> str:

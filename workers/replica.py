@@ -26,6 +26,7 @@ from orchestrator.planner import Plan, PlannedInstance
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
 from workers.lane_server import LaneServer
+from workers.serve_loopback import keep_serve_grpc_on_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class EmbeddingReplica:
     # Serve awaits an async constructor on the replica's event loop: the replica is reported running only once its
     # lane listens and is registered, so the front door can connect as soon as Serve says it is up.
     async def __init__(self, spec: ReplicaSpec) -> None:
+        if spec.node_id is None:  # one machine: Ray is on loopback only (orchestrator/ray_access.py), so is Serve's
+            keep_serve_grpc_on_loopback()
         self._spec = spec
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -157,8 +158,11 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
 def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
     ray_tmp = tempfile.mkdtemp(prefix="rcp-", dir="/tmp")  # short: Ray's socket paths live under it
     result_path = tmp_path / "result.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    # As the README has operators run a cluster: Ray's token auth on, one token shared by every node (here through
+    # the environment, which `Cluster`'s nodes inherit), and no single-machine switch left by this process's Ray.
+    unwanted = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_TOKEN_PATH")
+    env = {k: v for k, v in os.environ.items() if k not in unwanted}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, __file__, str(result_path)],

@@ -118,6 +118,7 @@ def test_worker_dry_run_shows_the_nodes_slices_and_the_ray_command(monkeypatch) 
     from tests.fake_nvml import install_fake_nvml
 
     install_fake_nvml(monkeypatch, "a100_80gb_mixed")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-clusters-token")
     result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run", "--", "--num-cpus", "8"])
     assert result.exit_code == 0, result.output
     assert "MIG 3g.40gb, 2g.20gb, 1g.10gb x2" in result.output
@@ -128,8 +129,32 @@ def test_worker_on_a_node_without_nvidia_driver_says_so(monkeypatch) -> None:
     from tests.fake_nvml import install_fake_nvml
 
     install_fake_nvml(monkeypatch, "library_missing")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-clusters-token")
     result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
     assert result.exit_code == 0 and "no GPU" in result.output and "Traceback" not in result.output
+
+
+def test_worker_without_the_clusters_token_is_refused_with_the_fix(monkeypatch, tmp_path: Path) -> None:
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "library_missing")
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "auth_token"))
+    result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert "does not exist" in result.output and "ray get-auth-token --generate" in result.output
+    assert "$ ray start" not in result.output
+
+    (tmp_path / "auth_token").write_text("t0ken")
+    (tmp_path / "auth_token").chmod(0o644)
+    result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
+    assert result.exit_code == 2 and "can be read by other users" in result.output and "chmod 600" in result.output
+
+    (tmp_path / "auth_token").chmod(0o600)
+    result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "$ ray start --address 10.0.0.1:6379 --block" in result.output
 
 
 def test_status_readiness_line_from_health() -> None:

@@ -74,6 +74,19 @@ class ServerConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     max_request_bytes: PositiveInt = 4 * 1024 * 1024
     max_inputs_per_request: PositiveInt = 512
+    max_header_bytes: PositiveInt = Field(
+        32 * 1024, description="Request line plus headers, in bytes; more gets 431 before anything is forwarded."
+    )
+    client_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        15.0,
+        description="A client must send its whole request line and headers within this, and its body must not stall "
+        "longer (408 otherwise): slow or silent connections cannot hold the front door's sockets.",
+    )
+    max_connections: PositiveInt = Field(
+        4096,
+        description="Open client connections the front door keeps; more get 503 at once (and never exhaust its file "
+        "descriptors: capped below the process's open-file limit).",
+    )
     request_timeout_s: Annotated[float, Field(gt=0)] | None = Field(
         60.0, description="Deadline of one embedding request inside its instance (504 after it); null: none."
     )

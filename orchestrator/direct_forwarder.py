@@ -21,12 +21,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.balancer import InstanceLoad, Weights, choose
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
+from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance, error_response
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
     RESPONSE,
     Frame,
+    FrameRejected,
     LaneProtocolError,
     encode,
     read_frame,
@@ -95,16 +97,18 @@ class LaneConnection:
         return self._lost is None
 
     async def send(self, request: ForwardedRequest) -> Frame:
-        """The RESPONSE frame answering ``request``; raises InstanceLost if the lane breaks first. Cancelling the
-        caller tells the replica to drop the request."""
+        """The RESPONSE frame answering ``request``; raises InstanceLost if the lane breaks first and FrameRejected
+        if the request is too large to send or its answer cannot be read. Cancelling the caller tells the replica
+        to drop the request."""
         if self._lost is not None:
             raise InstanceLost(self._lost)
         self._next_id = (self._next_id + 1) % (1 << 32)
         request_id = self._next_id
+        frame = encode(request_frame(request_id, request))  # raises FrameRejected before anything is sent
         answer: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         try:
-            self._writer.write(encode(request_frame(request_id, request)))
+            self._writer.write(frame)
             return await answer
         except asyncio.CancelledError:
             if self._lost is None and not self._writer.is_closing():
@@ -122,7 +126,13 @@ class LaneConnection:
         reason = "the replica closed its lane"
         try:
             while True:
-                frame = await read_frame(self._reader)
+                try:
+                    frame = await read_frame(self._reader)
+                except FrameRejected as rejected:  # one unreadable answer fails its own request only
+                    waiting = self._pending.get(rejected.request_id)
+                    if waiting is not None and not waiting.done():
+                        waiting.set_exception(rejected)
+                    continue
                 if frame is None:
                     break
                 waiting = self._pending.get(frame.request_id)
@@ -207,6 +217,8 @@ class DirectForwarder:
         self._outstanding[name] += 1
         try:
             frame = await lane.send(request)
+        except FrameRejected as rejected:  # nothing was sent, or the answer could not be read: this request only
+            return error_response(request.path, _refusal(rejected))
         finally:
             self._outstanding[name] -= 1
         self._reported[name] = (float(frame.meta.get("load", 0.0)), self._clock())
@@ -276,3 +288,12 @@ class DirectForwarder:
         self._lanes[endpoint.instance] = lane
         self._reported.pop(endpoint.instance, None)
         logger.info("lane to %s open (%s:%d)", endpoint.instance, endpoint.host, endpoint.port)
+
+
+def _refusal(rejected: FrameRejected) -> OrchestratorError:
+    """The client's answer for a request the lane could not carry (the edge's limits make this rare)."""
+    if rejected.too_large == "meta":
+        return HeadersTooLarge(f"request headers too large to forward: {rejected}")
+    if rejected.too_large == "body":
+        return PayloadTooLarge(f"request too large to forward: {rejected}")
+    return OrchestratorError(f"the instance's answer could not be read: {rejected}")

@@ -143,6 +143,36 @@ class ServiceUnavailable(OrchestratorError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class HeadersTooLarge(OrchestratorError):
+    """The request line and headers exceed ``server.max_header_bytes`` (answered before the request is read)."""
+
+    status_code = 431
+    error_type = "HeadersTooLarge"
+    openai_type = "invalid_request_error"
+
+
+class MalformedHttp(OrchestratorError):
+    """The bytes received are not an HTTP/1.1 request (the connection is closed after the answer)."""
+
+    status_code = 400
+    error_type = "MalformedHttp"
+    openai_type = "invalid_request_error"
+
+
+class ClientTooSlow(OrchestratorError):
+    """The client did not send its headers, or its body stalled, within ``server.client_timeout_s``."""
+
+    status_code = 408
+    error_type = "ClientTimeout"
+    openai_type = "invalid_request_error"
+
+
+class TooManyConnections(ServiceUnavailable):
+    """The front door holds ``server.max_connections`` open connections already; retry later."""
+
+    error_type = "TooManyConnections"
+
+
 def error_body(path: str, error: OrchestratorError) -> dict[str, object]:
     """The JSON body of an error answer: OpenAI's shape under ``/v1/``, TEI's elsewhere."""
     if path.startswith("/v1/"):

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from orchestrator.errors import (
+    ClientTooSlow,
     DeadlineExceeded,
     OrchestratorError,
     PayloadTooLarge,
@@ -48,6 +49,7 @@ Readiness = Callable[[], tuple[int, int]]
 
 RETRIES_ON_LOST_INSTANCE = 1
 DEADLINE_GRACE_S = 5.0  # replicas answer their own 504 at the deadline; this catches one that answers nothing
+CONNECTION_CLOSE = (b"connection", b"close")
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 
@@ -75,8 +77,10 @@ class FrontDoor:
         readiness: Readiness | None = None,
         retries: int = RETRIES_ON_LOST_INSTANCE,
         deadline_grace_s: float = DEADLINE_GRACE_S,
+        client_timeout_s: float | None = None,
     ) -> None:
         self._max_request_bytes = max_request_bytes
+        self._client_timeout_s = client_timeout_s
         self._deadline_s = None if request_timeout_s is None else request_timeout_s + deadline_grace_s
         self._readiness = readiness
         self._retries = retries
@@ -106,9 +110,11 @@ class FrontDoor:
             return
         path = scope["path"]
         try:
-            body = await _read_body(scope, receive, self._max_request_bytes)
-        except PayloadTooLarge as error:
-            await _send(send, error_response(path, error))
+            body = await _read_body(scope, receive, self._max_request_bytes, self._client_timeout_s)
+        except (PayloadTooLarge, ClientTooSlow) as error:
+            # The unread rest of the body would be taken for the next request: the connection ends here.
+            answer = error_response(path, error)
+            await _send(send, ForwardedResponse(answer.status, (*answer.headers, CONNECTION_CLOSE), answer.body))
             return
         except _ClientGone:
             return
@@ -228,14 +234,19 @@ class _ClientGone(Exception):
     """The client disconnected while sending its body."""
 
 
-async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, max_bytes: int, stall_timeout_s: float | None = None) -> bytes:
+    """The whole body; raises PayloadTooLarge past ``max_bytes``, ClientTooSlow when no part of it arrives for
+    ``stall_timeout_s`` (a slow-body client cannot hold a connection), _ClientGone on a disconnect."""
     declared = dict(scope.get("headers", ())).get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), stall_timeout_s)
+        except TimeoutError:
+            raise ClientTooSlow(f"the request body stalled for {stall_timeout_s:g} s") from None
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk = message.get("body", b"")

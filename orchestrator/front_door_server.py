@@ -8,7 +8,10 @@ in-flight requests finish (up to the grace period), then returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import errno
+import logging
 import socket
 import threading
 from collections.abc import Coroutine
@@ -17,8 +20,12 @@ from typing import Any, TypeVar
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
 from orchestrator.front_door import FrontDoor
+from orchestrator.http_guard import EdgeLimits, protocol_factory, rate_limited_exception_handler
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
+DEFAULT_LIMITS = EdgeLimits(max_header_bytes=32 * 1024, client_timeout_s=15.0, max_connections=4096)
+FILE_DESCRIPTOR_RESERVE = 256
 
 
 class PortBusy(OrchestratorError):
@@ -30,10 +37,18 @@ class PortBusy(OrchestratorError):
 class FrontDoorServer:
     """uvicorn serving ``front_door`` on ``host:port`` from a background thread."""
 
-    def __init__(self, front_door: FrontDoor, host: str, port: int, shutdown_grace_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        front_door: FrontDoor,
+        host: str,
+        port: int,
+        limits: EdgeLimits = DEFAULT_LIMITS,
+        shutdown_grace_s: float = 30.0,
+    ) -> None:
         self.front_door = front_door
         self._host = host
         self._port = port
+        self._limits = limits
         self._grace_s = shutdown_grace_s
         self._server = None
         self._thread: threading.Thread | None = None
@@ -60,8 +75,11 @@ class FrontDoorServer:
         sock.listen(2048)
         self.listening_socket = sock
         sock.set_inheritable(True)
+        limits = within_open_file_limit(self._limits)
         config = uvicorn.Config(
             self.front_door,
+            http=protocol_factory(limits),  # header size and time, connection cap, JSON for malformed HTTP
+            ws="none",  # upgrade requests are answered as ordinary requests (JSON), never switched
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -73,6 +91,7 @@ class FrontDoorServer:
 
         async def serve_then_close() -> None:
             self._loop = asyncio.get_running_loop()
+            self._loop.set_exception_handler(rate_limited_exception_handler)
             try:
                 await server.serve(sockets=[sock])
             finally:
@@ -99,8 +118,35 @@ class FrontDoorServer:
         self._thread.join(self._grace_s + 30.0)  # + the on-close step (Serve's drain)
 
 
+def within_open_file_limit(limits: EdgeLimits) -> EdgeLimits:
+    """``limits`` with the connection cap below this process's open-file limit (raised to its hard limit first).
+
+    Connections past the cap are refused at once, so the descriptors they would hold never run out: the lanes to
+    replicas, Ray's sockets and files keep ``FILE_DESCRIPTOR_RESERVE`` of them.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    ceiling = max(soft - FILE_DESCRIPTOR_RESERVE, 1)
+    if limits.max_connections <= ceiling:
+        return limits
+    logger.warning(
+        "server.max_connections %d is above what %d open files allow: %d (raise `ulimit -n` for more)",
+        limits.max_connections,
+        soft,
+        ceiling,
+    )
+    return dataclasses.replace(limits, max_connections=ceiling)
+
+
 def front_door_server_for(loaded: LoadedConfig) -> FrontDoorServer:
     """The front door configured by ``server.*`` (not started)."""
     server = loaded.config.server
-    front_door = FrontDoor(server.max_request_bytes, server.request_timeout_s)
-    return FrontDoorServer(front_door, server.host, server.port)
+    front_door = FrontDoor(server.max_request_bytes, server.request_timeout_s, client_timeout_s=server.client_timeout_s)
+    limits = EdgeLimits(server.max_header_bytes, server.client_timeout_s, server.max_connections)
+    return FrontDoorServer(front_door, server.host, server.port, limits)

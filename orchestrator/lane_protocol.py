@@ -34,10 +34,23 @@ HELLO, REQUEST, RESPONSE, CANCEL = 1, 2, 3, 4
 KINDS = (HELLO, REQUEST, RESPONSE, CANCEL)
 MAX_META_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 30
+MAX_HELLO_META_BYTES = 4096  # before the token is checked, a peer gets no more than this of a replica's memory
+DISCARD_CHUNK_BYTES = 1 << 16
 
 
 class LaneProtocolError(Exception):
     """The peer sent something that is not a frame of this protocol (the connection is then closed)."""
+
+
+class FrameRejected(LaneProtocolError):
+    """One frame could not be taken, but the stream is still in step (its bytes were read past): only the request
+    ``request_id`` fails, the lane goes on. ``too_large`` is ``"meta"`` or ``"body"`` when a size limit was hit."""
+
+    def __init__(self, message: str, request_id: int, kind: int, too_large: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.kind = kind
+        self.too_large = too_large
 
 
 @dataclass(frozen=True)
@@ -51,14 +64,28 @@ class Frame:
 
 
 def encode(frame: Frame) -> bytes:
-    """The frame's bytes, ready for one ``transport.write`` (one write per frame keeps frames whole)."""
+    """The frame's bytes, ready for one ``transport.write`` (one write per frame keeps frames whole).
+
+    Raises FrameRejected (nothing is sent) when the frame is over the limits the peer enforces: the sender fails
+    that one request instead of sending what would make the peer drop it.
+    """
     meta = orjson.dumps(frame.meta)
+    if len(meta) > MAX_META_BYTES or len(frame.body) > MAX_BODY_BYTES:
+        too_large = "meta" if len(meta) > MAX_META_BYTES else "body"
+        sizes = f"meta {len(meta)} B, body {len(frame.body)} B"
+        raise FrameRejected(f"frame too large for the lane ({sizes})", frame.request_id, frame.kind, too_large)
     return HEADER.pack(frame.request_id, frame.kind, len(meta), len(frame.body)) + meta + frame.body
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
-    """The next frame, or None at a clean end of stream; raises LaneProtocolError on malformed input and
-    ``asyncio.IncompleteReadError`` when the stream ends inside a frame."""
+async def read_frame(reader: asyncio.StreamReader, greeting: bool = False) -> Frame | None:
+    """The next frame, or None at a clean end of stream.
+
+    A frame over the size limits, of an unknown kind or with a meta that is not a JSON object is read past and
+    raises FrameRejected: the stream stays in step, so one bad request costs only itself. With ``greeting`` (the
+    first frame from a peer not yet authenticated) only a small HELLO is accepted and anything else raises
+    LaneProtocolError at once, before reading more than its header. Raises ``asyncio.IncompleteReadError`` when the
+    stream ends inside a frame.
+    """
     try:
         header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as error:
@@ -66,17 +93,32 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
             return None
         raise
     request_id, kind, meta_size, body_size = HEADER.unpack(header)
-    if kind not in KINDS or meta_size > MAX_META_BYTES or body_size > MAX_BODY_BYTES:
-        raise LaneProtocolError(f"bad frame header (kind {kind}, meta {meta_size} B, body {body_size} B)")
+    described = f"kind {kind}, meta {meta_size} B, body {body_size} B"
+    if greeting:
+        if kind != HELLO or meta_size > MAX_HELLO_META_BYTES or body_size:
+            raise LaneProtocolError(f"bad greeting ({described})")
+    elif kind not in KINDS or meta_size > MAX_META_BYTES or body_size > MAX_BODY_BYTES:
+        await _discard(reader, meta_size + body_size)
+        too_large = None if kind not in KINDS else ("meta" if meta_size > MAX_META_BYTES else "body")
+        raise FrameRejected(f"frame refused ({described})", request_id, kind, too_large)
     meta_bytes = await reader.readexactly(meta_size) if meta_size else b"{}"
     body = await reader.readexactly(body_size) if body_size else b""
     try:
         meta = orjson.loads(meta_bytes)
     except orjson.JSONDecodeError as error:
-        raise LaneProtocolError(f"frame meta is not JSON: {error}") from None
+        raise FrameRejected(f"frame meta is not JSON: {error}", request_id, kind) from None
     if not isinstance(meta, dict):
-        raise LaneProtocolError("frame meta is not a JSON object")
+        raise FrameRejected("frame meta is not a JSON object", request_id, kind)
     return Frame(request_id, kind, meta, body)
+
+
+async def _discard(reader: asyncio.StreamReader, size: int) -> None:
+    """Read past ``size`` bytes, a chunk at a time (never holding them)."""
+    while size > 0:
+        chunk = await reader.read(min(size, DISCARD_CHUNK_BYTES))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", size)
+        size -= len(chunk)
 
 
 def _text_headers(headers: Headers) -> list[list[str]]:

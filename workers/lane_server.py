@@ -2,7 +2,10 @@
 replica's own ASGI app.
 
 One asyncio server per replica, on the replica's event loop, on an ephemeral port. Each connection must open with a
-HELLO carrying the lane token (compared in constant time); anything else closes it. Requests on a connection run
+HELLO carrying the lane token (compared in constant time); anything else closes it, and until then only a small HELLO
+is read (an unauthenticated peer cannot make the replica buffer a large frame). At most ``MAX_CONNECTIONS`` lanes are
+open at once. After the greeting, a frame that cannot be taken (too large, not JSON, not a request) fails only its
+own request with a JSON answer: one bad request never drops the lane other requests share. Requests on a connection run
 concurrently, each as its own task; a CANCEL, or the connection closing, cancels the request's task, which drops its
 queued texts in the batcher.
 """
@@ -16,13 +19,14 @@ import logging
 import socket
 from collections.abc import Callable
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import HeadersTooLarge, MalformedRequest, OrchestratorError, PayloadTooLarge
 from orchestrator.forwarding import error_response
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
     REQUEST,
     Frame,
+    FrameRejected,
     LaneProtocolError,
     encode,
     read_frame,
@@ -34,6 +38,7 @@ from workers.asgi_bridge import AsgiApp, call_asgi
 logger = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 64  # front doors are a few per node; past this a connection is closed before it is read
 
 Stats = Callable[[], tuple[float, int]]
 """The replica's (load, queued texts) now, sent back with every answer."""
@@ -69,6 +74,10 @@ class LaneServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = asyncio.current_task()
+        if len(self._connections) >= MAX_CONNECTIONS:
+            logger.warning("direct lane: %d connections open, refusing another", len(self._connections))
+            writer.close()
+            return
         if connection is not None:
             self._connections.add(connection)
         requests: dict[int, asyncio.Task[None]] = {}
@@ -76,7 +85,13 @@ class LaneServer:
             if not await self._greeted(reader, writer):
                 return
             while True:
-                frame = await read_frame(reader)
+                try:
+                    frame = await read_frame(reader)
+                except FrameRejected as rejected:  # that request fails, the lane goes on
+                    logger.warning("direct lane: %s", rejected)
+                    if rejected.kind == REQUEST:
+                        self._refuse(rejected, writer)
+                    continue
                 if frame is None:
                     return
                 if frame.kind == REQUEST:
@@ -98,7 +113,7 @@ class LaneServer:
 
     async def _greeted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         try:
-            hello = await asyncio.wait_for(read_frame(reader), HELLO_TIMEOUT_S)
+            hello = await asyncio.wait_for(read_frame(reader, greeting=True), HELLO_TIMEOUT_S)
         except (TimeoutError, LaneProtocolError, asyncio.IncompleteReadError):
             return False
         token = str(hello.meta.get("token", "")).encode() if hello is not None and hello.kind == HELLO else b""
@@ -108,12 +123,23 @@ class LaneServer:
         writer.write(encode(Frame(0, HELLO, {"instance": self._instance})))
         return True
 
+    def _refuse(self, rejected: FrameRejected, writer: asyncio.StreamWriter) -> None:
+        """Answer a request frame that could not be taken with a JSON error (the lane stays open)."""
+        if rejected.too_large == "meta":
+            error: OrchestratorError = HeadersTooLarge(f"request headers too large for the lane: {rejected}")
+        elif rejected.too_large == "body":
+            error = PayloadTooLarge(f"request too large for the lane: {rejected}")
+        else:
+            error = MalformedRequest(f"bad request frame: {rejected}")
+        if not writer.is_closing():
+            writer.write(encode(response_frame(rejected.request_id, error_response("", error), *self._stats())))
+
     async def _answer(self, frame: Frame, writer: asyncio.StreamWriter) -> None:
         try:
             request = request_from(frame)
         except LaneProtocolError as error:
             logger.warning("direct lane: bad request frame: %s", error)
-            writer.close()
+            self._refuse(FrameRejected(str(error), frame.request_id, frame.kind), writer)
             return
         try:
             response = await call_asgi(self._app, request)

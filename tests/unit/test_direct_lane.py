@@ -4,6 +4,7 @@ serve a small ASGI app; the registry is a list the test edits (the hub in produc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,11 @@ from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Instanc
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
+    MAX_HELLO_META_BYTES,
+    MAX_META_BYTES,
+    REQUEST,
     Frame,
+    FrameRejected,
     LaneProtocolError,
     encode,
     read_frame,
@@ -129,15 +134,25 @@ async def test_frames_carry_requests_and_answers_whole() -> None:
     assert await read_frame(reader) is None  # a clean end between frames
 
 
-async def test_malformed_frames_are_protocol_errors() -> None:
+async def test_a_bad_frame_is_read_past_and_the_stream_stays_in_step() -> None:
     reader = asyncio.StreamReader()
-    reader.feed_data(struct.pack("!IBII", 1, 99, 2, 0) + b"{}")
-    with pytest.raises(LaneProtocolError, match="bad frame header"):
+    after = encode(Frame(3, CANCEL, {}))
+    reader.feed_data(struct.pack("!IBII", 1, 99, 2, 0) + b"{}" + after)  # an unknown kind
+    with pytest.raises(FrameRejected, match=r"frame refused \(kind 99") as rejected:
         await read_frame(reader)
+    assert rejected.value.request_id == 1 and rejected.value.too_large is None
+    assert await read_frame(reader) == Frame(3, CANCEL, {})
     reader = asyncio.StreamReader()
-    reader.feed_data(struct.pack("!IBII", 1, HELLO, 3, 0) + b"[1]")
-    with pytest.raises(LaneProtocolError, match="not a JSON object"):
+    reader.feed_data(struct.pack("!IBII", 2, REQUEST, MAX_META_BYTES + 1, 0) + b"x" * (MAX_META_BYTES + 1) + after)
+    with pytest.raises(FrameRejected) as rejected:
         await read_frame(reader)
+    assert (rejected.value.request_id, rejected.value.too_large) == (2, "meta")
+    assert await read_frame(reader) == Frame(3, CANCEL, {})
+    reader = asyncio.StreamReader()
+    reader.feed_data(struct.pack("!IBII", 4, HELLO, 3, 0) + b"[1]" + after)
+    with pytest.raises(FrameRejected, match="not a JSON object"):
+        await read_frame(reader)
+    assert await read_frame(reader) == Frame(3, CANCEL, {})
     truncated = asyncio.StreamReader()
     truncated.feed_data(encode(Frame(1, HELLO, {"token": "x"}))[:-2])
     truncated.feed_eof()
@@ -145,6 +160,27 @@ async def test_malformed_frames_are_protocol_errors() -> None:
         await read_frame(truncated)
     with pytest.raises(LaneProtocolError, match="incomplete request"):
         request_from(Frame(1, HELLO, {"path": "/x"}))
+
+
+async def test_a_greeting_is_small_or_refused_before_its_bytes_are_read() -> None:
+    for header in (
+        struct.pack("!IBII", 0, HELLO, 1 << 30, 0),  # the attack: a 1 GiB first frame, before any token
+        struct.pack("!IBII", 0, HELLO, MAX_HELLO_META_BYTES + 1, 0),
+        struct.pack("!IBII", 0, HELLO, 10, 5),
+        struct.pack("!IBII", 0, REQUEST, 10, 0),
+    ):
+        reader = asyncio.StreamReader()
+        reader.feed_data(header + b"y" * 100)
+        with pytest.raises(LaneProtocolError, match="bad greeting"):
+            await read_frame(reader, greeting=True)
+        assert len(await reader.read(1000)) == 100  # nothing past the header was read
+
+
+def test_the_sender_refuses_a_frame_the_peer_would_refuse() -> None:
+    heavy = ForwardedRequest("POST", "/v1/embeddings", b"", ((b"x-junk", b'"' * (MAX_META_BYTES // 2 + 10)),), b"")
+    with pytest.raises(FrameRejected, match="too large for the lane") as rejected:
+        encode(request_frame(9, heavy))  # each quote is two bytes once JSON-escaped
+    assert (rejected.value.request_id, rejected.value.too_large) == (9, "meta")
 
 
 # ---- forwarding over lanes ------------------------------------------------------------------------------------
@@ -325,3 +361,68 @@ async def test_the_front_door_resends_a_request_whose_replica_died_to_the_other_
     assert (door.stats.retried, door.stats.instance_losses) == (1, 1)
     status, _, _ = await _call(door, "GET", "/echo")
     assert status == 200 and forwarder.readiness() == (1, 2)
+
+
+async def test_one_oversized_request_fails_alone_and_the_lanes_survive(two_replicas: Any) -> None:
+    """The attack: ~540 KB of quotes in one header became over 1 MiB of frame meta; the replica dropped the whole
+    lane and the front door's retry broke the other lane too. Now that request gets 431 and nothing breaks."""
+    forwarder, a, b, _ = two_replicas
+    quotes = ForwardedRequest("POST", "/v1/embeddings", b"", ((b"x-junk", b'"' * 540_000),), b"{}")
+    answer = await forwarder(quotes)
+    assert answer.status == 431 and orjson.loads(answer.body)["error"]["code"] == "HeadersTooLarge"
+    assert forwarder.readiness() == (2, 2)
+    answers = await asyncio.gather(*(forwarder(request(body=f"after {n}".encode())) for n in range(4)))
+    assert [answer.body for answer in answers] == [f"after {n}".encode() for n in range(4)]
+
+
+async def test_the_replica_answers_a_bad_frame_and_keeps_the_lane() -> None:
+    """A peer past the greeting that sends a frame the replica cannot take gets an error for that request only."""
+    replica = Replica("pool-a")
+    endpoint = await replica.start()
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(encode(Frame(0, HELLO, {"token": TOKEN})))
+        assert (await read_frame(reader)) is not None
+        oversized = struct.pack("!IBII", 7, REQUEST, MAX_META_BYTES + 1, 0) + b"m" * (MAX_META_BYTES + 1)
+        not_json = struct.pack("!IBII", 8, REQUEST, 3, 0) + b"{{{"
+        incomplete = encode(Frame(9, REQUEST, {"path": "/echo"}))  # no method
+        writer.write(oversized + not_json + incomplete + encode(request_frame(10, request(body=b"still here"))))
+        answers = {}
+        for _ in range(4):
+            frame = await read_frame(reader)
+            assert frame is not None
+            answers[frame.request_id] = response_from(frame)
+        assert [answers[rid].status for rid in (7, 8, 9, 10)] == [431, 400, 400, 200]
+        assert orjson.loads(answers[7].body)["error_type"] == "HeadersTooLarge"
+        assert answers[10].body == b"still here"
+    finally:
+        writer.close()
+        await replica.server.close()
+
+
+async def test_lane_connections_per_replica_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.lane_server
+
+    monkeypatch.setattr(workers.lane_server, "MAX_CONNECTIONS", 2)
+    replica = Replica("pool-a")
+    endpoint = await replica.start()
+    held = [await asyncio.open_connection(endpoint.host, endpoint.port) for _ in range(2)]
+    try:
+        await until(lambda: len(replica.server._connections) == 2)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        writer.write(encode(Frame(0, HELLO, {"token": TOKEN})))
+        # Closed unread (with our greeting still in its buffer, the kernel may answer with a reset instead).
+        with contextlib.suppress(ConnectionResetError):
+            assert await read_frame(reader) is None
+        writer.close()
+        held.pop()[1].close()
+        await until(lambda: len(replica.server._connections) == 1)
+        reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        writer.write(encode(Frame(0, HELLO, {"token": TOKEN})))
+        hello = await read_frame(reader)
+        assert hello is not None and hello.meta == {"instance": "pool-a"}
+        writer.close()
+    finally:
+        for _, held_writer in held:
+            held_writer.close()
+        await replica.server.close()

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config import LoadedConfig, load_config
+from orchestrator.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
 from orchestrator.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planner import Plan, PlannedInstance, plan
@@ -37,6 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Piped output (logs, CI) gets wide tables instead of rich's 80-column default.
+LOST_NOTICE_S = 5.0
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140"))
 console = Console(highlight=False, width=_WIDTH)
 error_console = Console(stderr=True, highlight=False, width=_WIDTH)
@@ -141,12 +143,19 @@ def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
     _print_plan(loaded, placement, gpu_note)
 
 
-def _wait_for_stop() -> None:
-    stop = threading.Event()
+def _stop_on_signals(stop: threading.Event) -> None:
+    """The first SIGINT/SIGTERM sets ``stop`` (drain, then exit); a second one exits at once, whatever is hanging."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        console.print("[yellow]Second signal: stopping now, without draining.[/yellow]")
+        kill_descendants()
+        os._exit(128 + signum)
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+        signal.signal(signum, handle)
 
 
 @app.command("up")
@@ -162,6 +171,7 @@ def up_command(
     )
     loaded, placement, gpu_note = _load_and_plan(config, port)
     _print_plan(loaded, placement, gpu_note)
+    adopt_orphans()  # Ray's agents outlive a dead raylet: re-parented here, they are ended with us
     server = loaded.config.server
     from orchestrator import deploy
     from orchestrator.front_door_server import front_door_server_for
@@ -205,16 +215,29 @@ def up_command(
     console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
     console.print(f"Serving {loaded.model_name} at {url}  (POST /v1/embeddings, POST /embed, GET /health, GET /info)")
     console.print("Press Ctrl-C to stop.")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    watch = ControlPlaneWatch(deploy.control_plane_problem, on_lost=lambda _: stop.set())
+    front.front_door.watch_control_plane(lambda: watch.lost)
+    watch.start()
     try:
-        _wait_for_stop()
+        while not stop.wait(0.5):
+            pass
     finally:
+        watch.stop()
+        if watch.lost is not None:
+            console.print(f"Ray's control plane is gone ({watch.lost}): finishing in-flight requests, then stopping")
+            # /health answers 503 meanwhile: a load balancer polling it takes this endpoint out before it closes.
+            time.sleep(LOST_NOTICE_S)
         with console.status("Stopping: finishing in-flight requests..."):
             _stop(front)
         console.print("Stopped.")
+    if watch.lost is not None:
+        raise _fail("stopped because Ray's control plane is gone: start it again with orchestrator up", 1)
 
 
 def _stop(front: FrontDoorServer) -> None:
-    """Stop taking requests and finish those in flight, then stop Serve and Ray."""
+    """Stop taking requests and finish those in flight, then stop Serve and Ray, and end any process left."""
     from orchestrator import deploy
     from orchestrator.quiet_shutdown import quiet_serve_shutdown
 
@@ -222,7 +245,10 @@ def _stop(front: FrontDoorServer) -> None:
         try:
             front.stop()
         finally:
-            deploy.shutdown()
+            try:
+                deploy.shutdown()
+            finally:
+                kill_descendants()  # what Ray left (agents of a dead raylet, a worker stuck in a call)
 
 
 @app.command("export")

@@ -7,9 +7,11 @@ the cluster's token (``ray_access`` decides both environments).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ APP_NAME = "embeddings"
 DEPLOYMENT_NAME = "EmbeddingReplica"
 ROUTER_CLASS = "orchestrator.router:WeightedLoadRouter"
 NODE_ID_LABEL = "ray.io/node-id"
+ESSENTIAL_RAY_PROCESSES = ("gcs_server", "raylet")  # without either, nothing can start or replace a replica
+SHUTDOWN_TIMEOUT_S = 30.0
 SERVE_ENV = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
@@ -249,8 +253,6 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
 
 
 def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Any:
-    from ray import serve
-
     from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
     from orchestrator.metrics_hub import find_hub
 
@@ -267,7 +269,7 @@ def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Any:
         lane_token,
         registered_lanes,
         weights,
-        on_close=serve.shutdown_async,  # after the lanes: Serve's replicas stop once nothing is in flight
+        on_close=shutdown_serve_async,  # after the lanes: Serve's replicas stop once nothing is in flight
     )
 
 
@@ -304,13 +306,59 @@ def wait_until_running(
         time.sleep(0.25)
 
 
-def shutdown() -> None:
-    """Stop Serve (draining in-flight requests) and Ray."""
+def control_plane_problem(timeout_s: float = 2.0) -> str | None:
+    """None while Ray's control plane answers; else what is wrong, in a few words (``control_plane.Probe``).
+
+    Looks at the Ray processes this process started (an embedded Ray: its GCS and raylet must be running) and
+    makes one cheap GCS call with ``timeout_s``.
+    """
+    import ray
+    from ray._private import worker
+
+    if not ray.is_initialized():
+        return "Ray is not running"
+    node = worker._global_node
+    if node is not None:
+        dead = sorted({kind for kind, _ in node.dead_processes() if kind in ESSENTIAL_RAY_PROCESSES})
+        if dead:
+            return f"Ray's {' and '.join(dead)} exited"
+    try:
+        worker.global_worker.gcs_client.internal_kv_exists(b"orchestrator-probe", None, timeout=timeout_s)
+    except Exception as error:  # Ray raises its RpcError and others: any failure means no answer
+        return f"Ray's GCS does not answer ({type(error).__name__})"
+    return None
+
+
+def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Stop Serve (draining in-flight requests) and Ray, each within ``timeout_s``: with the control plane gone,
+    Serve is not asked (it would wait for its dead controller) and Ray's processes are stopped directly."""
     import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
+    if control_plane_problem(timeout_s=1.0) is None:
+        _within(timeout_s, serve.shutdown, "Serve's shutdown")
+    _within(timeout_s, ray.shutdown, "Ray's shutdown")
+
+
+async def shutdown_serve_async(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """``serve.shutdown_async`` within ``timeout_s``, skipped when the control plane is gone (the front door's
+    on-close step)."""
+    from ray import serve
+
+    if control_plane_problem(timeout_s=1.0) is not None:
+        return
     try:
-        serve.shutdown()
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        await asyncio.wait_for(serve.shutdown_async(), timeout_s)
+    except TimeoutError:
+        logger.warning("Serve did not stop within %.0f s; stopping Ray's processes instead", timeout_s)
+
+
+def _within(timeout_s: float, step: Callable[[], object], name: str) -> None:
+    """Run ``step`` on a thread and wait at most ``timeout_s`` for it (a hung Ray call must not hang ``up``)."""
+    done = threading.Thread(target=step, name=name, daemon=True)
+    done.start()
+    done.join(timeout_s)
+    if done.is_alive():
+        logger.warning("%s did not finish within %.0f s; going on", name, timeout_s)

@@ -26,6 +26,7 @@ from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Instanc
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
+    PING,
     RESPONSE,
     Frame,
     FrameRejected,
@@ -39,6 +40,15 @@ from orchestrator.lane_protocol import (
 logger = logging.getLogger(__name__)
 
 LOAD_WINDOW_S = 2.0  # the replicas' batcher measures its busy fraction over this window (Batcher.load_window_s)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """How the front door tells a frozen replica from a busy one: its event loop answers a PING at once even while
+    its batches compute on other threads, so ``silence_s`` without any frame means it cannot answer at all."""
+
+    period_s: float = 2.0
+    silence_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class LaneConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_lost: Callable[[], None] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._on_lost = on_lost
@@ -71,11 +82,19 @@ class LaneConnection:
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._next_id = 0
         self._lost: str | None = None
-        self._reading = asyncio.get_running_loop().create_task(self._read_answers())
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        self._reading = loop.create_task(self._read_answers())
+        self._beating = loop.create_task(self._beat(heartbeat or Heartbeat()))
 
     @classmethod
     async def open(
-        cls, endpoint: LaneEndpoint, token: str, timeout_s: float, on_lost: Callable[[], None] | None = None
+        cls,
+        endpoint: LaneEndpoint,
+        token: str,
+        timeout_s: float,
+        on_lost: Callable[[], None] | None = None,
+        heartbeat: Heartbeat | None = None,
     ) -> LaneConnection:
         """Connect and greet; raises OSError, TimeoutError or LaneProtocolError (wrong token, another instance).
         ``on_lost`` is called once, when the lane breaks or is closed."""
@@ -90,7 +109,7 @@ class LaneConnection:
         except BaseException:
             writer.close()
             raise
-        return cls(endpoint, reader, writer, on_lost)
+        return cls(endpoint, reader, writer, on_lost, heartbeat)
 
     @property
     def alive(self) -> bool:
@@ -121,6 +140,20 @@ class LaneConnection:
         self._fail_all(reason)
         self._writer.close()
         self._reading.cancel()
+        self._beating.cancel()
+
+    async def _beat(self, heartbeat: Heartbeat) -> None:
+        """Ping every ``period_s``; a replica silent for ``silence_s`` is lost (its requests are resent)."""
+        loop = asyncio.get_running_loop()
+        while self._lost is None:
+            await asyncio.sleep(heartbeat.period_s)
+            silent_s = loop.time() - self._last_heard
+            if silent_s > heartbeat.silence_s:
+                logger.warning("lane to %s: no answer for %.0f s; taken out", self.endpoint.instance, silent_s)
+                self.close(f"{self.endpoint.instance} stopped answering for {silent_s:.0f} s (frozen or overloaded)")
+                return
+            if not self._writer.is_closing():
+                self._writer.write(encode(Frame(0, PING, {})))
 
     async def _read_answers(self) -> None:
         reason = "the replica closed its lane"
@@ -135,6 +168,7 @@ class LaneConnection:
                     continue
                 if frame is None:
                     break
+                self._last_heard = asyncio.get_running_loop().time()
                 waiting = self._pending.get(frame.request_id)
                 if frame.kind == RESPONSE and waiting is not None and not waiting.done():
                     waiting.set_result(frame)
@@ -142,6 +176,7 @@ class LaneConnection:
             reason = f"lane to {self.endpoint.instance} broke: {type(error).__name__}: {error}"
         self._fail_all(reason)
         self._writer.close()
+        self._beating.cancel()
 
     def _fail_all(self, reason: str) -> None:
         if self._lost is None:
@@ -167,6 +202,7 @@ class DirectForwarder:
         connect_timeout_s: for connecting and greeting.
         clock: monotonic seconds (for the age of reported loads).
         on_close: awaited at the end of ``aclose`` (``deploy`` shuts Serve down there).
+        heartbeat: how often each lane is pinged and how long a silent replica is waited for.
     """
 
     def __init__(
@@ -180,7 +216,9 @@ class DirectForwarder:
         connect_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        heartbeat: Heartbeat = Heartbeat(),
     ) -> None:
+        self._heartbeat = heartbeat
         self._capacity = {name: max(float(capacity), 1.0) for name, capacity in capacities.items()}
         self._token = token
         self._discover = discover
@@ -278,7 +316,9 @@ class DirectForwarder:
         if current is not None and current.endpoint == endpoint and current.alive:
             return
         try:
-            lane = await LaneConnection.open(endpoint, self._token, self._connect_timeout_s, self._lane_lost.set)
+            lane = await LaneConnection.open(
+                endpoint, self._token, self._connect_timeout_s, self._lane_lost.set, self._heartbeat
+            )
         except (OSError, TimeoutError, LaneProtocolError, asyncio.IncompleteReadError) as error:
             logger.debug("lane to %s at %s:%d not open: %s", endpoint.instance, endpoint.host, endpoint.port, error)
             return

@@ -10,6 +10,7 @@ for itself:
   replica that never answers (504 after the request deadline plus a grace period);
 - **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;
 - **readiness**: ``/health`` gains ``instances_ready``/``instances_planned`` (``degraded`` while some are down) and
+  ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/control_plane.py``), and
   ``/metrics`` gains the front door's own series (retries, lost instances, ready instances).
 """
 
@@ -86,7 +87,13 @@ class FrontDoor:
         self._retries = retries
         self._forwarder: Forwarder | None = None
         self._on_close: Callable[[], Awaitable[None]] | None = None
+        self._control_plane: Callable[[], str | None] | None = None
         self.stats = FrontDoorStats()
+
+    def watch_control_plane(self, problem: Callable[[], str | None]) -> None:
+        """``/health`` reports ``problem()``: ``control_plane: ok``, or 503 with the problem once Ray's control
+        plane is gone (nothing can replace a replica, and ``up`` is stopping)."""
+        self._control_plane = problem
 
     def attach(
         self,
@@ -126,7 +133,12 @@ class FrontDoor:
             body=body,
         )
         self.stats.requests += 1
-        response = await self._answer(request, receive)
+        try:
+            response = await self._answer(request, receive)
+        except asyncio.CancelledError:
+            # The server is stopping and its grace period is over: uvicorn cancels what still runs and would answer
+            # a plain-text 500 (with a traceback in the log). The client gets JSON it can act on instead.
+            response = error_response(path, ServiceUnavailable("the service stopped before answering: retry"))
         if response is not None:
             await _send(send, response)
 
@@ -138,6 +150,9 @@ class FrontDoor:
             done, _ = await asyncio.wait(
                 {forwarding, disconnect}, timeout=self._deadline_s, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:
+            forwarding.cancel()  # the replica drops the request's queued texts
+            raise
         finally:
             disconnect.cancel()
         if forwarding in done:
@@ -183,7 +198,11 @@ class FrontDoor:
     def _decorate(self, path: str, response: ForwardedResponse) -> ForwardedResponse:
         """Readiness on ``/health``; the front door's series on ``/metrics``."""
         if path == HEALTH_PATH and self._readiness is not None:
-            return _with_readiness(response, *self._readiness())
+            problem = self._control_plane() if self._control_plane is not None else None
+            response = _with_readiness(response, *self._readiness())
+            if self._control_plane is not None:
+                response = _with_control_plane(response, problem)
+            return response
         if path == METRICS_PATH and response.status == 200:
             return _replace_body(response, response.body + self.prometheus_text().encode())
         return response
@@ -280,6 +299,22 @@ def _with_readiness(response: ForwardedResponse, ready: int, planned: int) -> Fo
     if response.status == 200 and ready < planned:
         payload["status"] = "degraded"
     return _replace_body(response, orjson.dumps(payload))
+
+
+def _with_control_plane(response: ForwardedResponse, problem: str | None) -> ForwardedResponse:
+    """``/health`` with ``control_plane``; 503 ``unavailable`` once it is lost (a load balancer takes us out)."""
+    try:
+        payload = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
+    if problem is None:
+        payload["control_plane"] = "ok"
+        return _replace_body(response, orjson.dumps(payload))
+    payload.update(status="unavailable", control_plane=f"lost: {problem}")
+    headers = tuple((name, value) for name, value in response.headers if name.lower() != b"content-length")
+    return ForwardedResponse(503, headers, orjson.dumps(payload))
 
 
 async def _send(send: Send, response: ForwardedResponse) -> None:

@@ -14,6 +14,9 @@ and ``body`` (raw bytes: the HTTP body). Kinds:
 * ``RESPONSE``: meta ``{"status", "headers", "load", "queued_texts"}``: the replica's busy fraction and queue at the
   time it answered ride on every answer, which keeps the balancer's view fresher than any polling.
 * ``CANCEL``: the client went away; the replica cancels that request (its queued texts are dropped).
+* ``PING`` / ``PONG``: the front door's heartbeat; the replica's event loop answers at once. A replica that stops
+  answering (frozen, swapped out, its loop blocked) is taken off the balancer and its requests are resent, instead
+  of holding them until the deadline.
 
 Nothing here imports Ray or the model; both sides import this module.
 """
@@ -30,8 +33,8 @@ import orjson
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Headers
 
 HEADER = struct.Struct("!IBII")
-HELLO, REQUEST, RESPONSE, CANCEL = 1, 2, 3, 4
-KINDS = (HELLO, REQUEST, RESPONSE, CANCEL)
+HELLO, REQUEST, RESPONSE, CANCEL, PING, PONG = 1, 2, 3, 4, 5, 6
+KINDS = (HELLO, REQUEST, RESPONSE, CANCEL, PING, PONG)
 MAX_META_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 30
 MAX_HELLO_META_BYTES = 4096  # before the token is checked, a peer gets no more than this of a replica's memory

@@ -5,7 +5,12 @@ texts, and every ``--window`` seconds records throughput, p50/p99, non-200 answe
 whole service (the ``up`` process and every process under it: Ray, the replicas). With ``--kill-every M`` a replica
 process is killed (SIGKILL) every M minutes: the front door must retry its requests, so the error count stays 0.
 
-Usage: ``python scripts/soak.py [--minutes 10] [--clients 8] [--kill-every 3] [--markdown docs/reliability.md]``.
+With ``--hostile-from M`` the hold issue's attacks run from minute M on beside the normal clients (oversized and
+quote-filled headers, slowloris and silent connections, a huge declared body, TLS garbage): the windows before are
+the baseline the normal clients' errors and p99 are compared with.
+
+Usage: ``python scripts/soak.py [--minutes 10] [--clients 8] [--kill-every 3] [--hostile-from 5]
+[--markdown docs/reliability.md]``.
 """
 
 from __future__ import annotations
@@ -49,6 +54,59 @@ def service_rss_mib(config: Path) -> float:
     return float("nan")
 
 
+async def hostile_clients(host: str, port: int, stop: asyncio.Event, counts: collections.Counter[str]) -> None:
+    """The hold issue's attacks, all at once and bounded, until ``stop``: a 540 KB header of quotes every 0.5 s,
+    100 slowloris and 500 silent connections kept open, a 100 MB body declared and a TLS hello sent every second."""
+
+    async def send(payload: bytes, kind: str, wait_answer: bool = True) -> None:
+        with contextlib.suppress(OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+            try:
+                writer.write(payload)
+                await writer.drain()
+                if wait_answer:
+                    line = await asyncio.wait_for(reader.readline(), 10)
+                    counts[f"{kind} {line.split(b' ')[1].decode() if line.count(b' ') else 'closed'}"] += 1
+            finally:
+                writer.close()
+
+    async def every(seconds: float, payload: bytes, kind: str) -> None:
+        while not stop.is_set():
+            await send(payload, kind)
+            await asyncio.sleep(seconds)
+
+    async def held(count: int, first_bytes: bytes, kind: str) -> None:
+        connections: list[asyncio.StreamWriter] = []
+        while not stop.is_set():
+            connections = [writer for writer in connections if not writer.is_closing()]
+            while len(connections) < count and not stop.is_set():
+                try:
+                    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+                except (OSError, asyncio.TimeoutError):
+                    break
+                writer.write(first_bytes)
+                connections.append(writer)
+                counts[f"{kind} opened"] += 1
+            for writer in connections:
+                if first_bytes:
+                    writer.write(b"X")  # one more header byte: a slowloris client never finishes
+            await asyncio.sleep(1.0)
+        for writer in connections:
+            writer.close()
+
+    post = b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n"
+    quotes = post + b"X-Junk: " + b'"' * 540_000 + b"\r\nContent-Length: 2\r\n\r\n{}"
+    huge_body = post + b"Content-Length: 100000000\r\n\r\n" + b"x" * 65536
+    tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32)) + b"\r\n\r\n"
+    await asyncio.gather(
+        every(0.5, quotes, "quotes"),
+        every(1.0, huge_body, "huge body"),
+        every(1.0, tls_hello, "tls hello"),
+        held(100, b"GET /health HTTP/1.1\r\nX-A: ", "slowloris"),
+        held(500, b"", "silent"),
+    )
+
+
 def kill_one_replica() -> int | None:
     """SIGKILL one Serve replica process; returns its pid (None if none was found)."""
     import psutil
@@ -73,6 +131,8 @@ async def soak(url: str, config: Path, texts: list[str], args: argparse.Namespac
     statuses: collections.Counter[int] = collections.Counter()
     texts_done = 0
     stop = asyncio.Event()
+    hostile_on = asyncio.Event()
+    hostile_counts: collections.Counter[str] = collections.Counter()
     end = time.monotonic() + args.minutes * 60
     async with aiohttp.ClientSession() as session:
 
@@ -121,8 +181,10 @@ async def soak(url: str, config: Path, texts: list[str], args: argparse.Namespac
                         "error_codes": dict(sorted((s, c) for s, c in statuses.items() if s != 200)),
                         "kills": kills,
                         "rss_mib": await asyncio.to_thread(service_rss_mib, config),
+                        "hostile": dict(sorted(hostile_counts.items())) if hostile_on.is_set() else {},
                     }
                 )
+                hostile_counts.clear()
                 row = windows[-1]
                 console.print(
                     f"minute {row['minute']:.1f}: {row['emb_per_s']:.0f} emb/s, p50 {row['p50_ms']:.0f} ms, "
@@ -135,7 +197,15 @@ async def soak(url: str, config: Path, texts: list[str], args: argparse.Namespac
                 window_began = time.monotonic()
             stop.set()
 
-        await asyncio.gather(recorder(), *(client(k) for k in range(args.clients)))
+        async def hostile() -> None:
+            if args.hostile_from is None:
+                return
+            await asyncio.sleep(args.hostile_from * 60)
+            if not stop.is_set():
+                hostile_on.set()
+                await hostile_clients("127.0.0.1", int(url.rsplit(":", 1)[1]), stop, hostile_counts)
+
+        await asyncio.gather(recorder(), hostile(), *(client(k) for k in range(args.clients)))
     return windows
 
 
@@ -147,6 +217,9 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=16, help="each request sends 1..N texts")
     parser.add_argument("--kill-every", type=float, default=0.0, help="minutes between replica kills (0: none)")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="onnx")
+    parser.add_argument(
+        "--hostile-from", type=float, default=None, help="minute from which hostile clients run beside the normal ones"
+    )
     parser.add_argument("--markdown", type=Path, help="append the results to this file")
     args = parser.parse_args()
     texts = sentences(2048, seed=5)
@@ -158,7 +231,7 @@ def main() -> None:
         with running_service(config, url, "soak"):
             windows = asyncio.run(soak(url, config, texts, args))
     table = Table(title=f"Soak: {args.minutes:g} min, {args.clients} clients, kill every {args.kill_every:g} min")
-    for column in ("minute", "emb/s", "p50 ms", "p99 ms", "ok", "errors", "kills", "RSS MiB"):
+    for column in ("minute", "emb/s", "p50 ms", "p99 ms", "ok", "errors", "kills", "RSS MiB", "hostile answers"):
         table.add_column(column, justify="right")
     lines = []
     for row in windows:
@@ -172,16 +245,22 @@ def main() -> None:
             errors,
             str(row["kills"]),
             f"{row['rss_mib']:.0f}",
+            ", ".join(f"{kind}: {count}" for kind, count in row["hostile"].items()) or "-",
         )
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     console.print(table)
     if args.markdown:
-        header = "| minute | emb/s | p50 ms | p99 ms | ok | errors | kills | RSS MiB |\n" + "|---" * 8 + "|"
+        header = (
+            "| minute | emb/s | p50 ms | p99 ms | ok | errors | kills | RSS MiB | hostile answers |\n"
+            + "|---" * 9
+            + "|"
+        )
         with args.markdown.open("a") as out:
             out.write(
                 f"\n#### Soak run of {time.strftime('%Y-%m-%d %H:%M')} ({args.backend}, {args.minutes:g} min, "
-                f"{args.clients} clients, a replica killed every {args.kill_every:g} min; `scripts/soak.py`)\n\n"
+                f"{args.clients} clients, a replica killed every {args.kill_every:g} min, hostile clients from minute "
+                f"{args.hostile_from}; `scripts/soak.py`)\n\n"
             )
             out.write(header + "\n" + "\n".join(lines) + "\n")
 

@@ -24,6 +24,8 @@ from orchestrator.forwarding import error_response
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
+    PING,
+    PONG,
     REQUEST,
     Frame,
     FrameRejected,
@@ -100,6 +102,8 @@ class LaneServer:
                     task.add_done_callback(lambda _, rid=frame.request_id: requests.pop(rid, None))
                 elif frame.kind == CANCEL and frame.request_id in requests:
                     requests[frame.request_id].cancel()
+                elif frame.kind == PING:
+                    writer.write(encode(Frame(frame.request_id, PONG, {})))
         except (LaneProtocolError, asyncio.IncompleteReadError, ConnectionError) as error:
             logger.warning("direct lane connection dropped: %s", error)
         except asyncio.CancelledError:

@@ -13,13 +13,14 @@ import orjson
 import pytest
 
 from orchestrator.balancer import Weights
-from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
+from orchestrator.direct_forwarder import DirectForwarder, Heartbeat, LaneEndpoint
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
     MAX_HELLO_META_BYTES,
     MAX_META_BYTES,
+    PING,
     REQUEST,
     Frame,
     FrameRejected,
@@ -425,4 +426,66 @@ async def test_lane_connections_per_replica_are_bounded(monkeypatch: pytest.Monk
     finally:
         for _, held_writer in held:
             held_writer.close()
+        await replica.server.close()
+
+
+async def test_a_frozen_replica_is_taken_out_and_its_requests_are_resent() -> None:
+    """A replica stopped with SIGSTOP looks like this from the front door: connected, greeted once, then silent
+    (the kernel still accepts bytes for it). Without a heartbeat its requests waited until the deadline and
+    ``/health`` kept counting it."""
+    frozen_frames: list[Frame] = []
+
+    async def frozen(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hello = await read_frame(reader, greeting=True)
+        assert hello is not None
+        writer.write(encode(Frame(0, HELLO, {"instance": "pool-b"})))
+        while (frame := await read_frame(reader)) is not None:
+            frozen_frames.append(frame)  # read, never answered
+
+    live = Replica("pool-a")
+    server = await asyncio.start_server(frozen, "127.0.0.1", 0)
+    registry = Registry()
+    registry.endpoints = [
+        await live.start(),
+        LaneEndpoint("pool-b", "127.0.0.1", server.sockets[0].getsockname()[1], "1"),
+    ]
+    forwarder = DirectForwarder(
+        {"pool-a": 4, "pool-b": 4},
+        TOKEN,
+        registry,
+        Weights(0.0, 1.0),
+        poll_s=0.05,
+        heartbeat=Heartbeat(period_s=0.05, silence_s=0.3),
+    )
+    await forwarder.start(wait_s=5)
+    try:
+        assert forwarder.readiness() == (2, 2)
+        calls = [asyncio.ensure_future(forwarder(request(body=f"n{n}".encode()))) for n in range(4)]
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        lost = [outcome for outcome in outcomes if isinstance(outcome, InstanceLost)]
+        assert lost and "pool-b stopped answering" in str(lost[0])  # the front door resends these elsewhere
+        assert all(outcome.body.startswith(b"n") for outcome in outcomes if isinstance(outcome, ForwardedResponse))
+        assert forwarder.readiness() == (1, 2)
+        assert any(frame.kind == PING for frame in frozen_frames)
+        assert (await forwarder(request(body=b"after"))).body == b"after"  # served by the live one
+    finally:
+        await forwarder.aclose()
+        await live.server.close()
+        server.close()
+
+
+async def test_a_busy_replica_keeps_answering_pings() -> None:
+    replica = Replica("pool-a")
+    registry = Registry()
+    registry.endpoints = [await replica.start()]
+    forwarder = DirectForwarder({"pool-a": 4}, TOKEN, registry, heartbeat=Heartbeat(period_s=0.05, silence_s=0.3))
+    await forwarder.start(wait_s=5)
+    try:
+        slow = asyncio.ensure_future(forwarder(request("/slow", b"long")))
+        await asyncio.sleep(1.0)  # three times the silence: the pongs keep the lane
+        assert forwarder.readiness() == (1, 1) and not slow.done()
+        replica.app.release.set()
+        assert (await slow).body == b"long"
+    finally:
+        await forwarder.aclose()
         await replica.server.close()

@@ -160,6 +160,40 @@ def test_health_reports_readiness_and_degrades_while_instances_are_down() -> Non
     assert status == 200 and orjson.loads(body)["status"] == "degraded"
 
 
+def test_health_answers_503_once_the_control_plane_is_lost() -> None:
+    problem: list[str | None] = [None]
+    door = FrontDoor(max_request_bytes=100, request_timeout_s=5, readiness=lambda: (2, 2))
+    door.attach(ScriptedForwarder(OK, OK, NoInstance("gone")))
+    door.watch_control_plane(lambda: problem[0])
+    status, _, body = asyncio.run(_call(door))
+    assert status == 200 and orjson.loads(body)["control_plane"] == "ok"
+    problem[0] = "Ray's raylet exited"
+    status, _, body = asyncio.run(_call(door))
+    payload = orjson.loads(body)
+    assert status == 503 and payload["status"] == "unavailable"
+    assert payload["control_plane"] == "lost: Ray's raylet exited" and payload["instances_ready"] == 2
+    status, _, body = asyncio.run(_call(door))  # no replica answers at all: still the reason, still JSON
+    assert status == 503 and orjson.loads(body)["control_plane"] == "lost: Ray's raylet exited"
+
+
+def test_a_request_cut_by_the_end_of_the_shutdown_grace_gets_json_and_its_call_is_cancelled() -> None:
+    forwarder = ScriptedForwarder("hang")
+    door = FrontDoor(max_request_bytes=100, request_timeout_s=60)
+    door.attach(forwarder)
+
+    async def cut_short() -> tuple[int | None, dict[bytes, bytes], bytes]:
+        call = asyncio.ensure_future(_call(door, "POST", "/v1/embeddings", b"{}"))
+        while not forwarder.requests:
+            await asyncio.sleep(0.01)
+        call.cancel()  # what uvicorn does to every task still running when timeout_graceful_shutdown is over
+        return await call
+
+    status, headers, body = asyncio.run(cut_short())
+    assert status == 503 and headers[b"content-type"] == b"application/json"
+    assert orjson.loads(body)["error"]["message"] == "the service stopped before answering: retry"
+    assert forwarder.cancelled == 1
+
+
 def test_metrics_gain_the_front_doors_series_in_valid_prometheus_text() -> None:
     metrics = ForwardedResponse(
         200, ((b"content-type", b"text/plain"),), b"# TYPE replica_thing gauge\nreplica_thing 1.0\n"

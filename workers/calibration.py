@@ -1,4 +1,5 @@
-"""Measure, at start-up, what one forward pass costs beyond its tokens (the batcher's cut-point input)."""
+"""Measure what the model costs: at start-up, a forward pass beyond its tokens (the batcher's cut-point input); while
+serving, seconds per token (the batcher's admission input)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,24 @@ def measure_batch_overhead_tokens(
     if per_token <= 0:
         return MAX_OVERHEAD_TOKENS
     return float(min(max(one / per_token - len(row), 0.0), MAX_OVERHEAD_TOKENS))
+
+
+class SpeedMeter:
+    """Seconds per token of work while serving, learned from computed batches (the admission's clock rate).
+
+    A batch's work is ``batch_overhead_tokens`` plus the tokens of its texts, unpadded: padding is then part of the
+    measured rate, so estimates over queued (unpadded) tokens come out right on average. ``smoothing`` is the weight of
+    the newest batch in an exponential moving average; ``seconds_per_token`` is None until a batch is measured.
+    """
+
+    def __init__(self, smoothing: float = 0.2) -> None:
+        self._smoothing = smoothing
+        self.seconds_per_token: float | None = None
+
+    def record(self, work_tokens: float, seconds: float) -> None:
+        """Fold in one computed batch (ignored when either number is not positive: nothing to learn)."""
+        if work_tokens <= 0 or seconds <= 0:
+            return
+        rate = seconds / work_tokens
+        previous = self.seconds_per_token
+        self.seconds_per_token = rate if previous is None else previous + self._smoothing * (rate - previous)

@@ -8,6 +8,7 @@ framework's, goes through ``error_response``: OpenAI's error shape under ``/v1``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -150,6 +151,9 @@ async def _instrumented(service: EmbeddingService, route: str, handle: Callable[
     metrics.request_started(route)
     try:
         response = await handle()
+    except asyncio.CancelledError:  # the client (or the front door, for it) gave up: no outcome, not in flight
+        metrics.request_abandoned()
+        raise
     except OrchestratorError as error:
         metrics.request_finished(time.perf_counter() - started, error_type=error.error_type)
         raise
@@ -198,7 +202,8 @@ def build_app(
     With ``api_key_sha256``, every endpoint but the ``open_endpoints`` groups needs ``Authorization: Bearer <key>``
     (401 otherwise); replicas only ever hold the key's digest, and neither the key nor the header is logged.
     """
-    app = FastAPI(title="mig-orchestrator", version="0.1.0", docs_url=None, redoc_url=None)
+    # redirect_slashes=False: "/health/" is a JSON 404, not a redirect built from the client's Host header.
+    app = FastAPI(title="mig-orchestrator", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
     info = service.info
 
     if api_key_sha256 is not None:

@@ -62,6 +62,10 @@ class InstanceMetrics:
         self.requests[route] += 1
         self.in_flight += 1
 
+    def request_abandoned(self) -> None:
+        """A request cancelled before it had an outcome (its client went away): it only leaves the in-flight count."""
+        self.in_flight = max(0, self.in_flight - 1)
+
     def request_finished(
         self,
         seconds: float,

@@ -219,3 +219,136 @@ async def test_an_idle_batcher_waits_for_company_only_after_a_round_that_had_som
     await lone_then_another()
     assert [len(batch) for batch in backend.batches] == [2]
     await batcher.close()
+
+
+# ---- fairness and admission (issue 14, finding 7) -------------------------------------------------------------
+
+
+async def until(condition, limit_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Yield to the loop until ``condition()`` holds (bounded, for work in the batcher's threads)."""
+    for _ in range(int(limit_s / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def costed(backend: FakeBackend, clock: ManualClock, seconds_per_token: float):  # type: ignore[no-untyped-def]
+    """A model that takes ``seconds_per_token`` per token of the batch on the injected clock (no fixed cost)."""
+
+    def model(batch):  # type: ignore[no-untyped-def]
+        result = backend.embed(batch)
+        clock.now += seconds_per_token * sum(len(ids) for ids in batch)
+        return result
+
+    return model
+
+
+async def test_a_small_request_goes_first_in_its_round() -> None:
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=2)
+    big = [tokens(1), tokens(1), tokens(2), tokens(2), tokens(3), tokens(3)]
+    small = [tokens(9, start=500)]
+    await asyncio.gather(batcher.submit(big), batcher.submit(small))
+    # One round, cut by length as before ([1, 1], [2, 2], [3, 3], [9]), but the batch of the 1-text request runs first.
+    assert [[len(t) for t in batch] for batch in backend.batches] == [[9], [1, 1], [2, 2], [3, 3]]
+    await batcher.close()
+
+
+async def test_a_request_arriving_during_a_long_round_does_not_wait_for_all_of_it() -> None:
+    clock = ManualClock()
+    backend = FakeBackend()
+    backend.gate.clear()
+    model = costed(backend, clock, 0.25 / 2)  # a batch of two 1-token texts: 0.25 s
+    batcher = Batcher(model, 2, 1000, 0, 64, batch_overhead_tokens=1000.0, clock=clock, replan_after_s=1.0)
+    big = asyncio.create_task(batcher.submit([tokens(1)] * 40))  # 20 batches, 5 s
+    await until(backend.entered.is_set)  # its round is planned and its first batch is computing
+    small = asyncio.create_task(batcher.submit([tokens(1, start=777)]))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(big, small)
+    position = next(i for i, batch in enumerate(backend.batches) if [777] in batch)
+    # Four batches (1 s) of the first round ran, then the round was planned again with the newcomer first: it used to
+    # wait for all 20.
+    assert position == 4
+    assert sum(len(batch) for batch in backend.batches) == 41
+    await batcher.close()
+
+
+async def test_big_requests_are_served_one_after_another() -> None:
+    import random
+
+    rng = random.Random(2)
+    backend = FakeBackend()
+    batcher = make(backend, max_batch_size=2, max_queued_texts=100)  # rounds of 16 batches: 32 texts
+    first = [tokens(rng.randint(1, 30), start=1) for _ in range(40)]
+    second = [tokens(rng.randint(1, 30), start=1000) for _ in range(40)]
+    await asyncio.gather(batcher.submit(first), batcher.submit(second))
+    owners = [{"first" if ids[0] == 1 else "second" for ids in batch} for batch in backend.batches]
+    # The first request's round (all of it: whole requests) ran before the second's; they used to share one round
+    # sorted by length and finish together.
+    assert owners == [{"first"}] * 20 + [{"second"}] * 20
+    await batcher.close()
+
+
+async def test_work_that_would_miss_the_deadline_is_refused_at_once() -> None:
+    clock = ManualClock()
+    backend = FakeBackend()
+    model = costed(backend, clock, 0.01)
+    batcher = Batcher(model, 4, 1000, 0, 1000, batch_overhead_tokens=0.0, clock=clock)
+    await batcher.submit([tokens(50)], deadline_s=10.0)  # measures 0.01 s a token
+    backend.gate.clear()
+    backend.entered.clear()
+    first = asyncio.create_task(batcher.submit([tokens(100)] * 8, deadline_s=10.0))  # 8 s of work
+    await until(backend.entered.is_set)
+    with pytest.raises(Overloaded, match="would take about 16 s .* too close to the 10 s deadline") as refused:
+        await batcher.submit([tokens(100)] * 8, deadline_s=10.0)  # 8 s behind 8 s
+    assert refused.value.headers() == {"Retry-After": "7"}  # 16 s against 90 % of 10 s
+    # A small request is not held behind all of it (served first, it waits for about one text of the other): taken.
+    small = asyncio.create_task(batcher.submit([tokens(100, start=9)], deadline_s=10.0))
+    await until(lambda: batcher.stats().queued_texts == 9)
+    # Without a deadline only the text bound applies.
+    unbounded = asyncio.create_task(batcher.submit([tokens(100)] * 8))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, small, unbounded)
+    assert batcher.stats().queued_texts == 0
+    await batcher.close()
+
+
+async def test_nothing_is_refused_for_work_before_a_measurement_or_on_an_idle_instance() -> None:
+    clock = ManualClock()
+    backend = FakeBackend()
+    backend.gate.clear()
+    batcher = Batcher(costed(backend, clock, 1.0), 4, 1000, 0, 1000, batch_overhead_tokens=0.0, clock=clock)
+    first = asyncio.create_task(batcher.submit([tokens(100)] * 8, deadline_s=1.0))
+    await until(backend.entered.is_set)
+    second = asyncio.create_task(batcher.submit([tokens(100)] * 8, deadline_s=1.0))  # unmeasured: taken
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(first, second)
+    # Measured now (1 s a token), but idle: a request far past its deadline alone is still tried.
+    assert (await batcher.submit([tokens(100)] * 8, deadline_s=1.0)).vectors.shape == (8, 8)
+    await batcher.close()
+
+
+async def test_a_cancelled_request_stops_counting_as_work_ahead() -> None:
+    clock = ManualClock()
+    backend = FakeBackend()
+    batcher = Batcher(costed(backend, clock, 0.01), 4, 1000, 0, 1000, batch_overhead_tokens=0.0, clock=clock)
+    await batcher.submit([tokens(50)])
+    backend.gate.clear()
+    backend.entered.clear()
+    running = asyncio.create_task(batcher.submit([tokens(10)]))
+    await until(backend.entered.is_set)
+    gone = asyncio.create_task(batcher.submit([tokens(100)] * 9))  # 9 s
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        await batcher.submit([tokens(100)] * 5, deadline_s=10.0)
+    gone.cancel()
+    await asyncio.sleep(0.01)
+    taken = asyncio.create_task(batcher.submit([tokens(100)] * 5, deadline_s=10.0))
+    await asyncio.sleep(0.01)
+    backend.gate.set()
+    await asyncio.gather(running, taken)
+    await batcher.close()

@@ -28,3 +28,17 @@ def test_free_passes_and_nonsense_timings_are_clamped() -> None:
     clock = ManualClock()
     assert measure_batch_overhead_tokens(model_costing(clock, 0.0, 0.001), [1] * 16, clock=clock) == 0.0
     assert measure_batch_overhead_tokens(model_costing(clock, 0.01, 0.0), [1] * 16, clock=clock) == MAX_OVERHEAD_TOKENS
+
+
+def test_speed_is_learned_from_batches_and_smoothed() -> None:
+    from workers.calibration import SpeedMeter
+
+    meter = SpeedMeter(smoothing=0.5)
+    assert meter.seconds_per_token is None
+    meter.record(work_tokens=100, seconds=1.0)
+    assert meter.seconds_per_token == pytest.approx(0.01)
+    meter.record(work_tokens=100, seconds=3.0)
+    assert meter.seconds_per_token == pytest.approx(0.02)  # halfway to the newest rate
+    meter.record(work_tokens=0, seconds=1.0)
+    meter.record(work_tokens=100, seconds=0.0)
+    assert meter.seconds_per_token == pytest.approx(0.02)  # nothing to learn from empty or instant batches

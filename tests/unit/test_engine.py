@@ -130,6 +130,16 @@ def test_left_truncation_keeps_the_prompt(qwen3: Path) -> None:
     assert len(ids) == 24 and ids[: len(prompt_ids)] == prompt_ids and ids[-1] == 0
 
 
+def test_left_truncation_of_a_text_past_the_character_bound_keeps_the_prompt_and_the_end(qwen3: Path) -> None:
+    tokenizer = TextTokenizer(qwen3, 24, 0)
+    long_text = " ".join(f"w{n % 64} the fox" for n in range(300))  # ~4,000 characters: cut before tokenising
+    assert len(long_text) > 10 * tokenizer.max_text_chars
+    ids = tokenizer.encode([long_text], truncate=True, direction="left", prompt=QUERY_PROMPT)[0]
+    whole = TextTokenizer(qwen3, 10_000, 0).encode([long_text], truncate=False, prompt=QUERY_PROMPT)[0]
+    prompt_ids = tokenizer.encode([""], truncate=False, prompt=QUERY_PROMPT)[0][:-1]
+    assert ids == prompt_ids + whole[len(whole) - (24 - len(prompt_ids)) :]  # prompt, then the whole text's end
+
+
 def test_minilm_batch_invariance_both_sides(minilm_folder: Path) -> None:
     for side in ("right", "left"):
         tokenizer, backend = load(minilm_folder, side)

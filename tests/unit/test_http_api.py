@@ -240,3 +240,118 @@ def test_deadline_answers_504_and_drops_the_waiting_texts(minilm_folder: Path) -
         assert sum(computed) == 2 and batcher.stats().queued_texts == 0
         failures = service.metrics.failures
         assert failures["Timeout"] == 1
+
+
+async def test_health_answers_while_a_large_request_is_tokenising(minilm_folder: Path) -> None:
+    """Issue 14, finding 4: tokenising a large request ran on the event loop, stalling /health and every request."""
+    import asyncio
+    import threading
+
+    import httpx
+
+    service = fake_service(minilm_folder, max_input_tokens=MAX_TOKENS, max_request_bytes=100_000)
+    tokenizer = service.tokenizer
+    encode = tokenizer.encode
+    health_answered = threading.Event()
+    threads: list[int] = []
+
+    def held_encode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append(threading.get_ident())
+        if len(args[0]) > 1:  # the large request: hold it until /health has answered (or give up after 10 s)
+            health_answered.wait(timeout=10)
+        return encode(*args, **kwargs)
+
+    tokenizer.encode = held_encode  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=build_app(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        large = asyncio.create_task(client.post("/embed", json={"inputs": ["hello world " * 25] * 4, "truncate": True}))
+        for _ in range(1000):  # until the large request is being tokenised
+            await asyncio.sleep(0.005)
+            if threads:
+                break
+        health = await client.get("/health")
+        health_answered.set()
+        assert health.status_code == 200
+        assert (await large).status_code == 200
+        small = await client.post("/embed", json={"inputs": "a short query"})
+        assert small.status_code == 200
+    loop_thread = threading.get_ident()
+    assert threads[0] != loop_thread  # 1,200 characters: tokenised in a worker thread
+    assert threads[1] == loop_thread  # a short query is cheaper than the hop to a thread
+
+
+def test_work_past_the_deadline_is_429_at_once_with_retry_after(minilm_folder: Path) -> None:
+    """Issue 14, finding 7: queued work past the deadline was accepted, then answered 504 a minute later."""
+    import threading
+    import time
+
+    from tests.fakes import ManualClock
+
+    clock = ManualClock()
+    backend = FakeBackend()
+
+    def model(batch):  # type: ignore[no-untyped-def]
+        clock.now += 0.1 * (32 + sum(len(ids) for ids in batch))  # 0.1 s a token, a pass costing 32 tokens
+        return backend.embed(batch)
+
+    batcher = Batcher(model, 8, 512, max_wait_ms=0, max_queued_texts=64, batch_overhead_tokens=32.0, clock=clock)
+    info = ServiceInfo("m", "pool-0", MAX_TOKENS, 512, 10, 10_000, True, "mean", backend.info, request_timeout_s=10)
+    service = EmbeddingService(TextTokenizer(minilm_folder, MAX_TOKENS), batcher, info)
+    with TestClient(build_app(service)) as client:
+        assert client.post("/embed", json={"inputs": "measure"}).status_code == 200  # the speed is now known
+        backend.gate.clear()
+        backend.entered.clear()
+        results: list[int] = []
+        blocker = threading.Thread(
+            target=lambda: results.append(client.post("/embed", json={"inputs": ["a"] * 10}).status_code)
+        )
+        blocker.start()
+        try:
+            assert backend.entered.wait(timeout=10)
+            # 10 + 10 texts of 3 tokens and 3 passes: (60 + 96) x 0.1 s = 15.6 s, past 90 % of the 10 s deadline.
+            refused = client.post("/v1/embeddings", json={"input": ["b"] * 10})
+            assert refused.status_code == 429, refused.text
+            assert refused.headers["retry-after"] == "7" and refused.json()["error"]["type"] == "rate_limit_error"
+            assert "too close to the 10 s deadline" in refused.json()["error"]["message"]
+            # A small request still fits: it waits for about one text of the other request, not all ten.
+            small = threading.Thread(
+                target=lambda: results.append(client.post("/embed", json={"inputs": "c"}).status_code)
+            )
+            small.start()
+            for _ in range(1000):  # until it is queued (or refused), with the ten texts still held
+                if batcher.stats().queued_texts == 11 or results:
+                    break
+                time.sleep(0.01)
+        finally:
+            backend.gate.set()
+            blocker.join()
+        small.join()
+    assert results == [200, 200] and batcher.stats().queued_texts == 0
+
+
+async def test_an_abandoned_request_leaves_the_in_flight_count(minilm_folder: Path) -> None:
+    """Issue 14, finding 9: a cancelled request (CancelledError) was never counted as finished."""
+    import asyncio
+
+    from orchestrator.forwarding import ForwardedRequest
+    from workers.asgi_bridge import call_asgi
+
+    backend = FakeBackend()
+    service = fake_service(minilm_folder, backend)
+    app = build_app(service)
+    backend.gate.clear()  # the model hangs: the request stays in flight
+    request = ForwardedRequest("POST", "/embed", b"", ((b"content-type", b"application/json"),), b'{"inputs": "x"}')
+    call = asyncio.ensure_future(call_asgi(app, request))
+    while service.metrics.in_flight == 0:
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert service.metrics.in_flight == 0
+    backend.gate.set()
+
+
+def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_clients_host(client: TestClient) -> None:
+    answer = client.get("/health/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 404 and "location" not in answer.headers
+    assert answer.headers["content-type"] == "application/json"

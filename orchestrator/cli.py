@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -56,19 +57,34 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedConfig, Plan, str | None]:
+def _load(config_path: Path, port: int | None = None) -> LoadedConfig:
     try:
         loaded = load_config(config_path)
-        if port is not None:
-            server = loaded.config.server.model_copy(update={"port": port})
-            loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+    except ConfigError as error:
+        raise _fail(error.message, 2) from None
+    if port is not None:
+        server = loaded.config.server.model_copy(update={"port": port})
+        loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+    return loaded
+
+
+def _load_and_plan(config_path: Path, port: int | None = None) -> tuple[LoadedConfig, Plan, str | None]:
+    loaded = _load(config_path, port)
+    placement, gpu_note = _plan_here(loaded)
+    return loaded, placement, gpu_note
+
+
+def _plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
+    """The placement on this machine's hardware (a config with ``ray.address`` is planned over the cluster
+    instead, once joined: ``_plan_on_cluster``)."""
+    try:
         topology = probe_topology()
         flash_available = importlib.util.find_spec("flash_attn") is not None
         onnx_available = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "onnxscript"))
         placement = plan(loaded.config, topology, loaded.footprint, flash_available, onnx_available)
     except (ConfigError, PlanError) as error:
         raise _fail(error.message, 2) from None
-    return loaded, placement, topology.gpu_note
+    return placement, topology.gpu_note
 
 
 def _device_cell(instance: PlannedInstance) -> str:
@@ -138,9 +154,52 @@ def _print_plan(loaded: LoadedConfig, placement: Plan, gpu_note: str | None) -> 
 
 @app.command("plan")
 def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Validate the config against this machine's hardware and print the placement; starts nothing."""
-    loaded, placement, gpu_note = _load_and_plan(config)
-    _print_plan(loaded, placement, gpu_note)
+    """Validate the config against the hardware and print the placement; starts nothing.
+
+    With ``ray.address`` the cluster is joined (a driver that deploys nothing), every node probed and the config
+    planned over all of them, exactly as ``up`` will; otherwise this machine is probed.
+    """
+    loaded = _load(config)
+    if not loaded.config.ray.address:
+        placement, gpu_note = _plan_here(loaded)
+        _print_plan(loaded, placement, gpu_note)
+        return
+    from orchestrator import deploy
+
+    try:
+        with console.status(f"Joining the Ray cluster at {loaded.config.ray.address} to probe its nodes..."):
+            for warning in deploy.connect_ray(loaded):
+                console.print(f"[yellow]warning:[/yellow] {warning}")
+        _plan_on_cluster(loaded)
+    except (PlanError, RayAccessError) as error:
+        raise _fail(error.message, 2) from None
+    finally:
+        deploy.disconnect_ray()
+
+
+def _prepare_onnx_graph(config_path: Path, loaded: LoadedConfig, placement: Plan) -> None:
+    """Export the ONNX graph before Ray starts when this machine's replicas need one and the cache lacks it.
+
+    A cache that cannot work (a file in its place, a read-only or full disk) then fails here in one line with the
+    fix, instead of as Serve's "Failed to update the deployments" after every replica tried six times. The export
+    runs as ``orchestrator export`` in a child process: torch and the model never stay in this process's memory.
+    """
+    if loaded.config.ray.address or not any(instance.backend == "onnx" for instance in placement.instances):
+        return  # on a cluster each node fills its own cache; replicas report a failure with its reason
+    from workers.onnx_export import cache_key, default_cache_dir, entry_is_valid
+
+    model = loaded.config.model
+    root = Path(model.onnx_cache_dir) if model.onnx_cache_dir else default_cache_dir()
+    if entry_is_valid(root / cache_key(loaded.model_folder, model.quantize)):
+        return
+    with console.status(f"Exporting {loaded.model_name} to ONNX (first start only; about 10-20 s on 2 cores)..."):
+        command = [sys.executable, "-m", "orchestrator.cli", "export", "--config", str(config_path)]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "500"})
+    if done.returncode != 0:
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
+        raise _fail(reason.removeprefix("error: ") or f"the ONNX export failed (exit code {done.returncode})", 1)
+    console.print((done.stdout.strip().splitlines() or [""])[-1])
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -169,8 +228,12 @@ def up_command(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    loaded, placement, gpu_note = _load_and_plan(config, port)
-    _print_plan(loaded, placement, gpu_note)
+    loaded = _load(config, port)
+    placement: Plan | None = None  # with ray.address: planned once, over the cluster, after joining it
+    if not loaded.config.ray.address:
+        placement, gpu_note = _plan_here(loaded)
+        _print_plan(loaded, placement, gpu_note)
+        _prepare_onnx_graph(config, loaded, placement)
     adopt_orphans()  # Ray's agents outlive a dead raylet: re-parented here, they are ended with us
     server = loaded.config.server
     from orchestrator import deploy
@@ -186,7 +249,7 @@ def up_command(
         with console.status("Starting Ray...") as status:
             for warning in deploy.start_ray(loaded):
                 console.print(f"[yellow]warning:[/yellow] {warning}")
-            if loaded.config.ray.address:
+            if placement is None:
                 status.update("Probing every node of the cluster...")
                 placement = _plan_on_cluster(loaded)
             expected = len(placement.instances)

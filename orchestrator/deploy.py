@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -62,6 +63,26 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, .
 
     Returns warnings for the operator; raises RayAccessError when a cluster cannot be joined with a token.
     """
+    warnings = connect_ray(loaded, num_cpus)
+    from ray import serve
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
+    # No Serve proxy: our front door (orchestrator/front_door.py) is the HTTP endpoint and calls replicas itself.
+    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
+    return warnings
+
+
+def disconnect_ray() -> None:
+    """Leave the Ray this process joined or started (``plan`` on a cluster: nothing was deployed)."""
+    import ray
+
+    if ray.is_initialized():
+        _within(SHUTDOWN_TIMEOUT_S, ray.shutdown, "Ray's shutdown")
+
+
+def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, ...]:
+    """Start an embedded Ray or join ``ray.address`` (no Serve); returns warnings for the operator and raises
+    RayAccessError when a cluster cannot be joined with a token."""
     ray_config = loaded.config.ray
     secret_env = (loaded.config.server.api_key_env or "",)
     choose_access = cluster_access if ray_config.address else embedded_access
@@ -75,7 +96,6 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, .
     for name, value in SERVE_ENV.items():
         os.environ.setdefault(name, value)
     import ray
-    from ray import serve
 
     if not ray.is_initialized():
         refresh_ray_config(loopback_only=not ray_config.address)
@@ -92,9 +112,6 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, .
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
-    # No Serve proxy: our front door (orchestrator/front_door.py) is the HTTP endpoint and calls replicas itself.
-    serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     return access.warnings
 
 
@@ -207,7 +224,13 @@ def deploy(
     groups = instances_by_node(plan)
     for node_id, instances in groups.items():
         app = build_application(loaded, plan, tuning, node_id, lane_token)
-        serve.run(app, name=app_name_for(node_id, instances[0].node_ip), route_prefix=None, blocking=False)
+        name = app_name_for(node_id, instances[0].node_ip)
+        try:
+            serve.run(app, name=name, route_prefix=None, blocking=False)
+        except RuntimeError as error:  # Serve's "Failed to update the deployments": the reason is in its status
+            raise DeployError(
+                f"deployment {name} failed: {failure_reason(_status_message(name) or str(error))}"
+            ) from None
     wait_until_running(
         {app_name_for(node_id, instances[0].node_ip): len(instances) for node_id, instances in groups.items()},
         timeout_s,
@@ -293,10 +316,13 @@ def wait_until_running(
             ready = deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
             running += min(ready, count)
             all_running &= status is not None and status.status == "RUNNING" and ready >= count
+            message = (deployment.message if deployment else "") or (status.message if status else "")
             if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                message = (deployment.message if deployment else "") or status.message
-                reason = message.strip().splitlines()[-1] if message else "no reason"
-                raise DeployError(f"deployment {name} failed: {reason}")
+                raise DeployError(f"deployment {name} failed: {failure_reason(message)}")
+            if CONSTRUCTOR_FAILED in message:
+                # A replica whose constructor raised fails the same way on each of Serve's retries (a cache that
+                # cannot be written, a model that does not load): say why now instead of after every retry.
+                raise DeployError(f"deployment {name} failed: {failure_reason(message)}")
         if on_progress is not None:
             on_progress(running, total)
         if all_running:
@@ -327,6 +353,34 @@ def control_plane_problem(timeout_s: float = 2.0) -> str | None:
     except Exception as error:  # Ray raises its RpcError and others: any failure means no answer
         return f"Ray's GCS does not answer ({type(error).__name__})"
     return None
+
+
+CONSTRUCTOR_FAILED = "failed to start"  # Serve's status message once a replica's constructor raised
+
+
+def _status_message(name: str) -> str:
+    """Serve's status message of application ``name`` (its deployment's, which holds the replica's traceback)."""
+    from ray import serve
+
+    status = serve.status().applications.get(name)
+    if status is None:
+        return ""
+    deployment = status.deployments.get(DEPLOYMENT_NAME)
+    return (deployment.message if deployment else "") or status.message
+
+
+EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit)): (.+)$")
+
+
+def failure_reason(message: str) -> str:
+    """The line of Serve's failure message that says why: the last exception raised in the replica (its traceback
+    is in the message, under Serve's own summary such as "Failed to update the deployments"), else the last line."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = EXCEPTION_LINE.match(line)
+        if found:
+            return f"{found.group(1)}: {found.group(2).strip()}"
+    return lines[-1].strip() if lines else "no reason given"
 
 
 def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:

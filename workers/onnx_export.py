@@ -16,6 +16,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +44,37 @@ class CachedGraph:
     key: str
     exported_now: bool
     export_seconds: float
+    sha256: str = ""
+
+
+def export_space_needed(folder: Path) -> int:
+    """Bytes an export needs free: the graph, its fused candidate beside it, and headroom (about the weights x 2.5)."""
+    weights = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin"))
+    return int(weights * 2.5) + (64 << 20)
+
+
+def check_cache_dir(root: Path, needed_bytes: int) -> None:
+    """Raise OnnxExportError, in one line with the fix, unless ``root`` is a folder this process can write with
+    ``needed_bytes`` free: checked before an export, so a cache that cannot work fails in a second, not after it."""
+    fix = "set model.onnx_cache_dir (or XDG_CACHE_HOME) to a writable folder, or run `orchestrator export` once"
+    for parent in (root, *root.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OnnxExportError(f"the ONNX cache path {parent} is a file, not a folder: remove it or {fix}")
+        if parent.exists():
+            break
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OnnxExportError(f"cannot write the ONNX cache at {root} ({error.strerror}): {fix}") from None
+    free = shutil.disk_usage(root).free
+    if free < needed_bytes:
+        raise OnnxExportError(
+            f"not enough space for the ONNX export at {root}: {free >> 20} MiB free, about {needed_bytes >> 20} MiB "
+            f"needed: free some space or {fix}"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -213,20 +245,30 @@ def cached_graph(
     cache_dir: Path | None = None,
     quantize: str = "none",
     exporter: Callable[[Path, Path], None] = export_to_onnx,
+    discard_sha256: str | None = None,
 ) -> CachedGraph:
     """The ONNX graph for ``folder`` from the cache, exporting (and quantising) it first when needed.
 
-    Raises OnnxExportError when the model cannot be exported.
+    ``discard_sha256``: the graph of that digest was found not to load; an entry still holding it is rebuilt (a
+    replica that finds it rebuilt already by another one just uses the new graph). Raises OnnxExportError, in one
+    line with the fix, when the model cannot be exported or the cache cannot hold it (checked before exporting).
     """
     root = cache_dir or default_cache_dir()
     key = cache_key(folder, quantize)
     entry = root / key
+    cached = _valid_graph(entry, key, discard_sha256)
+    if cached is not None:  # reading a valid entry needs no lock: a cache prepared in an image may be read-only
+        return cached
+    # An export is needed: a file in the cache's place, a read-only or full disk fail here, in a second.
+    check_cache_dir(root, export_space_needed(folder))
     with _locked(root / f"{key}.lock"):
-        if entry_is_valid(entry):
-            return CachedGraph(entry / GRAPH, key, exported_now=False, export_seconds=0.0)
+        cached = _valid_graph(entry, key, discard_sha256)  # another replica may have exported it meanwhile
+        if cached is not None:
+            return cached
         if entry.exists():
-            logger.warning("ONNX cache entry %s is incomplete or corrupt: rebuilding it", entry)
+            logger.warning("ONNX cache entry %s is incomplete, corrupt or does not load: rebuilding it", entry)
         entry.mkdir(parents=True, exist_ok=True)
+        (entry / MANIFEST).unlink(missing_ok=True)  # the entry is invalid until the new manifest is written
         started = time.monotonic()
         staging = entry / "staging.onnx"
         try:
@@ -239,12 +281,21 @@ def cached_graph(
                 staging.unlink()
                 staging = quantized
         except OnnxExportError:
+            _remove_partial(entry)
             raise
+        except OSError as error:  # a disk that filled up or went read-only meanwhile: say so, leave nothing behind
+            _remove_partial(entry)
+            raise OnnxExportError(
+                f"ONNX export into {entry} failed ({error.strerror or error}): free some space or set "
+                "model.onnx_cache_dir to another folder"
+            ) from None
         except Exception as error:  # the exporter's failures are long; keep one line
+            _remove_partial(entry)
             raise OnnxExportError(f"ONNX export failed: {type(error).__name__}: {str(error).splitlines()[0]}") from None
         os.replace(staging, entry / GRAPH)
+        sha = _file_sha256(entry / GRAPH)
         manifest = {
-            "graph_sha256": _file_sha256(entry / GRAPH),
+            "graph_sha256": sha,
             "model_folder": str(folder),
             "versions": _versions(),
             "quantize": quantize,
@@ -252,4 +303,20 @@ def cached_graph(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (entry / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        return CachedGraph(entry / GRAPH, key, exported_now=True, export_seconds=time.monotonic() - started)
+        return CachedGraph(entry / GRAPH, key, True, time.monotonic() - started, sha256=sha)
+
+
+def _valid_graph(entry: Path, key: str, discard_sha256: str | None) -> CachedGraph | None:
+    if not entry_is_valid(entry):
+        return None
+    sha = json.loads((entry / MANIFEST).read_text())["graph_sha256"]
+    if sha == discard_sha256:
+        return None
+    return CachedGraph(entry / GRAPH, key, exported_now=False, export_seconds=0.0, sha256=sha)
+
+
+def _remove_partial(entry: Path) -> None:
+    """Remove what a failed export left in ``entry`` (a partial graph would fill the disk for nothing)."""
+    for leftover in entry.glob("*.onnx"):
+        leftover.unlink(missing_ok=True)
+    (entry / MANIFEST).unlink(missing_ok=True)

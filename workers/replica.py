@@ -137,7 +137,7 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
     """The planned backend: ONNX Runtime from the export cache (exporting on a cold cache), or PyTorch."""
     if instance.backend == "onnx":
         from workers.onnx_backend import OnnxBackend
-        from workers.onnx_export import cached_graph
+        from workers.onnx_export import OnnxExportError, cached_graph
 
         cache_dir = Path(spec.onnx_cache_dir) if spec.onnx_cache_dir else None
         graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize)
@@ -145,9 +145,20 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
             logger.warning(
                 "exported %s to ONNX in %.1f s (cached for next starts)", spec.model_name, graph.export_seconds
             )
-        return OnnxBackend(
-            graph.path, card.pooling, instance.threads, card.pad_token_id, card.hidden_size, spec.quantize == "int8"
-        )
+
+        def backend_for(path: Path) -> OnnxBackend:
+            int8 = spec.quantize == "int8"
+            return OnnxBackend(path, card.pooling, instance.threads, card.pad_token_id, card.hidden_size, int8)
+
+        try:
+            return backend_for(graph.path)
+        except Exception as error:
+            if graph.exported_now:
+                raise OnnxExportError(f"the exported ONNX graph does not load: {error}") from None
+            # A cached graph that does not load (its manifest matching a damaged or foreign file): rebuilt once.
+            logger.warning("cached ONNX graph %s does not load (%s): rebuilding it", graph.path, error)
+            graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize, discard_sha256=graph.sha256)
+            return backend_for(graph.path)
     from orchestrator.engine_choice import choose_engine
     from workers.backend import TorchBackend
 

@@ -164,3 +164,42 @@ def test_status_readiness_line_from_health() -> None:
         "instances ready 1/2 (degraded)"
     )
     assert readiness_line(None) == "instances ready: unknown (no /health answer)"
+
+
+def test_up_with_an_onnx_cache_that_cannot_work_fails_in_one_line_before_ray(tmp_path: Path) -> None:
+    """Issue 14, finding 8: a file in place of the cache folder surfaced as Serve's "Failed to update the
+    deployments" after every replica had tried six times."""
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a folder")
+    config = (REPO / "configs" / "mig_config.yaml").read_text()
+    config = config.replace("model:\n", f"model:\n  onnx_cache_dir: {blocker / 'onnx'}\n", 1)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(config)
+    result = runner.invoke(app, ["up", "--config", str(config_path)])
+    assert result.exit_code == 1, result.output
+    assert f"error: the ONNX cache path {blocker} is a file, not a folder: remove it or set model.onnx_cache_dir" in (
+        result.output
+    )
+    assert "Starting Ray" not in result.output and "Traceback" not in result.output
+
+
+def test_a_replica_failure_is_reported_by_its_exception_not_serves_summary() -> None:
+    from orchestrator.deploy import failure_reason
+
+    # Serve's deployment message when a replica's constructor raised (abridged from a real run, Ray 2.60).
+    message = """The deployment failed to start 6 times in a row. This may be due to a problem with its constructor \
+or initial health check failing. See controller logs for details. Error:
+ray::ServeReplica:embeddings:EmbeddingReplica.initialize_and_get_metadata() (pid=25683, ip=127.0.0.1)
+  File "ray/serve/_private/replica.py", line 1928, in initialize
+    raise RuntimeError(traceback.format_exc()) from None
+RuntimeError: Traceback (most recent call last):
+  File "/work/main/workers/onnx_export.py", line 62, in check_cache_dir
+    raise OnnxExportError(f"the ONNX cache path {parent} is a file, not a folder: remove it or {fix}")
+workers.onnx_export.OnnxExportError: the ONNX cache path /tmp/blockfile is a file, not a folder: remove it
+"""
+    assert failure_reason(message) == (
+        "OnnxExportError: the ONNX cache path /tmp/blockfile is a file, not a folder: remove it"
+    )
+    assert failure_reason("Failed to update the deployments ['EmbeddingReplica'].") == (
+        "Failed to update the deployments ['EmbeddingReplica']."
+    )

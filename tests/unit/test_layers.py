@@ -1,0 +1,91 @@
+"""The house's import rules, read from the source (AST), so that a new import across a boundary fails here first.
+
+* Heavy packages (Ray, torch, NVML, transformers, ONNX, the HTTP servers) are imported at module level only by the
+  modules that exist to use them; everywhere else they are imported inside the function that needs them, so that
+  config, planning and the CLI load in milliseconds and test without a cluster.
+* The control plane (``orchestrator``) reaches into the worker side (``workers``) only from its composition roots:
+  ``deploy`` (the replica class it deploys) and ``cli`` (the ``export`` command and ``up``'s export step).
+* The worker side imports from ``orchestrator`` only what crosses the process boundary (errors, the forwarded
+  request and the lane's frames, metric names, the plan) and the few control-plane modules listed below, which the
+  house redesign (issue 15) moves into a shared leaf package; the list may shrink, never grow.
+* ``orchestrator.errors`` is a leaf: it imports nothing of the project.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from tests.conftest import REPO
+
+HEAVY_AT_MODULE_LEVEL = {
+    "ray": {"orchestrator.router", "workers.replica"},
+    "torch": {"workers.pooling"},
+    "pynvml": set(),
+    "transformers": set(),
+    "onnxruntime": set(),
+    "onnx": set(),
+    "uvicorn": {"orchestrator.http_guard"},
+    "httptools": {"orchestrator.http_guard"},
+    "fastapi": {"workers.http_api", "workers.dashboard"},
+}
+CONTROL_TO_WORKERS = {"orchestrator.cli", "orchestrator.deploy"}
+WORKERS_TO_CONTROL = {
+    "orchestrator.errors",
+    "orchestrator.forwarding",
+    "orchestrator.lane_protocol",
+    "orchestrator.metrics",
+    "orchestrator.planner",
+    "orchestrator.engine_choice",
+    "orchestrator.hardware.nvml_memory",
+    "orchestrator.metrics_hub",
+}
+
+
+def modules() -> Iterator[tuple[str, ast.Module]]:
+    for package in ("orchestrator", "workers"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            yield name, ast.parse(path.read_text(), str(path))
+
+
+def imports(tree: ast.Module, top_level_only: bool) -> Iterator[str]:
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_heavy_packages_are_imported_at_module_level_only_where_they_are_the_point() -> None:
+    found = {package: set() for package in HEAVY_AT_MODULE_LEVEL}
+    for name, tree in modules():
+        for imported in imports(tree, top_level_only=True):
+            root = imported.split(".")[0]
+            if root in found:
+                found[root].add(name)
+    extra = {package: sorted(users - HEAVY_AT_MODULE_LEVEL[package]) for package, users in found.items()}
+    assert not any(extra.values()), f"import these inside the functions that need them: {extra}"
+
+
+def test_imports_between_the_control_plane_and_the_workers_point_one_way() -> None:
+    crossing_out, crossing_in = set(), set()
+    for name, tree in modules():
+        for imported in imports(tree, top_level_only=False):
+            if name.startswith("orchestrator") and imported.startswith("workers"):
+                crossing_out.add(name)
+            if name.startswith("workers") and imported.startswith("orchestrator"):
+                crossing_in.add(imported)
+    assert crossing_out <= CONTROL_TO_WORKERS, f"control plane importing workers: {crossing_out - CONTROL_TO_WORKERS}"
+    assert crossing_in <= WORKERS_TO_CONTROL, (
+        f"workers importing control-plane modules: {crossing_in - WORKERS_TO_CONTROL}"
+    )
+
+
+def test_the_error_hierarchy_is_a_leaf() -> None:
+    errors = dict(modules())["orchestrator.errors"]
+    project = [
+        name for name in imports(errors, top_level_only=False) if name.split(".")[0] in ("orchestrator", "workers")
+    ]
+    assert project == []

@@ -10,8 +10,13 @@ a 2-thread pool next to a 1-thread pool) compare fairly:
   not yet sent) divided by the number of requests it is sized to hold, so a replica twice as big looks half as full
   with the same queue.
 
+Two more policies live here so that every routing decision is in one place and testable with numbers:
+``faded_load`` (how a reported busy fraction ages while nothing of ours runs on the instance) and ``spread``
+(which node of a cluster gets the next request when Serve routes inside each node).
+
 Nothing here imports Ray. The front door's ``orchestrator/direct_forwarder.py`` feeds these functions (direct lanes,
-the default), and ``orchestrator/router.py`` from Serve's routing path (``server.transport: serve``).
+the default), ``orchestrator/forwarding.py`` spreads over nodes and ``orchestrator/router.py`` ranks from Serve's
+routing path (``server.transport: serve``).
 """
 
 from __future__ import annotations
@@ -76,3 +81,23 @@ def choose(instances: Iterable[InstanceLoad], weights: Weights) -> InstanceLoad 
     """The best instance, or None when there is none."""
     ranked = rank(instances, weights)
     return ranked[0] if ranked else None
+
+
+def faded_load(load: float, age_s: float, window_s: float, outstanding: int) -> float:
+    """A reported busy fraction as the balancer should see it now.
+
+    While requests of ours run on the instance the report is the freshest truth there is. With none running, the
+    instance is idling as far as we know, and the replica's own measure (busy time over the last ``window_s``) fades
+    as that window slides past the report: ``load * (1 - age / window)``, 0 after a whole window.
+    """
+    if outstanding > 0:
+        return load
+    return load * max(0.0, 1.0 - age_s / window_s)
+
+
+def spread(outstanding: Sequence[int], capacity: Sequence[float], running: Sequence[bool]) -> int:
+    """Index of the node that gets the next request: the least outstanding requests per unit of capacity among nodes
+    with a running instance (all nodes if none has one); ties to the first. Counting one more request (the one being
+    placed) keeps an idle small node from winning over an idle big one."""
+    candidates = [n for n, up in enumerate(running) if up] or list(range(len(outstanding)))
+    return min(candidates, key=lambda n: ((outstanding[n] + 1) / max(capacity[n], 1.0), n))

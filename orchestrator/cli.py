@@ -7,7 +7,6 @@ config or plan is wrong (nothing was started), 1 means starting failed.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import signal
@@ -22,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator import capabilities
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
 from orchestrator.errors import ConfigError, OrchestratorError, PlanError
@@ -79,9 +79,7 @@ def _plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
     instead, once joined: ``_plan_on_cluster``)."""
     try:
         topology = probe_topology()
-        flash_available = importlib.util.find_spec("flash_attn") is not None
-        onnx_available = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "onnxscript"))
-        placement = plan(loaded.config, topology, loaded.footprint, flash_available, onnx_available)
+        placement = plan(loaded.config, topology, loaded.footprint, capabilities.detect())
     except (ConfigError, PlanError) as error:
         raise _fail(error.message, 2) from None
     return placement, topology.gpu_note
@@ -134,9 +132,7 @@ def _plan_on_cluster(loaded: LoadedConfig) -> Plan:
     names = node_names(nodes)
     for node in nodes:
         console.print(describe_node(node, names[node.node_id]))
-    flash_available = importlib.util.find_spec("flash_attn") is not None
-    onnx_available = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnx", "onnxscript"))
-    placement = plan_cluster(loaded.config, nodes, loaded.footprint, flash_available, onnx_available)
+    placement = plan_cluster(loaded.config, nodes, loaded.footprint, capabilities.detect())
     _print_plan(loaded, placement, None)
     return placement
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from orchestrator.capabilities import BASE_INSTALL, Capabilities
 from orchestrator.config import Config, InstanceConfig
 from orchestrator.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, node_names, slice_counts
@@ -141,12 +142,13 @@ def _cpu_only_cluster(
     nodes: Sequence[NodeTopology],
     head: NodeTopology | None,
     names: dict[str, str],
-    planning: tuple[ModelFootprint | None, bool, bool],
+    footprint: ModelFootprint | None,
+    capabilities: Capabilities,
 ) -> Plan:
     """No GPU anywhere: the single-node CPU plan of the head node."""
     if head is None:
         raise PlanError("no node has a GPU and the head node could not be probed: nowhere to run the CPU pools")
-    single = plan(config, head.topology, *planning)
+    single = plan(config, head.topology, footprint, capabilities)
     note = f"no GPU on any of the {len(nodes)} node(s): every instance runs on CPU pools of {names[head.node_id]}"
     return dataclasses.replace(
         single, instances=tuple(_on_node(i, head) for i in single.instances), notes=(note, *single.notes)
@@ -159,12 +161,10 @@ def _check_engine_per_node(
     nodes: Sequence[NodeTopology],
     names: dict[str, str],
     footprint: ModelFootprint | None,
-    flash_available: bool,
-    onnx_available: bool,
-    accelerate_available: bool | None,
+    capabilities: Capabilities,
 ) -> tuple[list[PlannedInstance], list[str]]:
-    """``check_engine`` for each node's instances with what imports on that node (flash attention, accelerate):
-    the replicas load their model there, not here. Nodes whose packages were not looked up get the given values.
+    """``check_engine`` for each node's instances with what imports on that node (``Capabilities.on_node``): the
+    replicas load their model there, not here. Nodes whose packages were not looked up get ``capabilities`` whole.
     Lines and problems are prefixed with the node's name when instances run on more than one node."""
     by_node = {n.node_id: n for n in nodes}
     groups: dict[str, list[PlannedInstance]] = {}
@@ -175,11 +175,9 @@ def _check_engine_per_node(
     lines: list[str] = []
     problems: dict[str, list[str]] = {}  # problem -> the nodes it was found on (model-wide ones: every node)
     for node_id, instances in groups.items():
-        packages = by_node[node_id].packages
-        flash = flash_available if packages is None else "flash_attn" in packages
-        accelerate = accelerate_available if packages is None else "accelerate" in packages
+        on_node = capabilities.on_node(by_node[node_id].packages)
         try:
-            checked, node_lines = check_engine(config, instances, footprint, flash, onnx_available, accelerate)
+            checked, node_lines = check_engine(config, instances, footprint, on_node)
         except PlanError as error:
             for line in error.message.splitlines():
                 problems.setdefault(line, []).append(names[node_id])
@@ -200,14 +198,12 @@ def plan_cluster(
     config: Config,
     nodes: Sequence[NodeTopology],
     footprint: ModelFootprint | None = None,
-    flash_available: bool = False,
-    onnx_available: bool = True,
-    accelerate_available: bool | None = None,
+    capabilities: Capabilities = BASE_INSTALL,
 ) -> Plan:
     """Place every configured instance on the nodes of a Ray cluster (``discover_nodes`` order: head first).
 
-    ``flash_available`` and ``accelerate_available`` stand for nodes whose optional packages were not looked up
-    (``NodeTopology.packages`` None); a probed node's own packages decide for its instances.
+    ``capabilities`` are the planning process's (``capabilities.detect()``); a probed node's own packages
+    (``NodeTopology.packages``) decide flash attention and accelerate for its instances (``Capabilities.on_node``).
 
     Every instance carries its node's ``node_id`` and ``node_ip``; ``gpu.gpu_index`` counts on that node. Notes are
     prefixed with the node's name. Raises PlanError, one line per problem naming the nodes (what profiles and free
@@ -218,7 +214,7 @@ def plan_cluster(
     names = node_names(nodes)
     head = next((n for n in nodes if n.is_head), None)
     if not any(n.topology.gpus for n in nodes):
-        return _cpu_only_cluster(config, nodes, head, names, (footprint, flash_available, onnx_available))
+        return _cpu_only_cluster(config, nodes, head, names, footprint, capabilities)
 
     assigner = _Assigner(config, nodes, names)
     assigned: dict[str, list[InstanceConfig]] = {n.node_id: [] for n in nodes}
@@ -256,8 +252,6 @@ def plan_cluster(
     if problems:
         raise PlanError("\n".join(problems))
     planned = [dataclasses.replace(p, rank=rank) for rank, p in enumerate(planned)]
-    planned, lines = _check_engine_per_node(
-        config, planned, nodes, names, footprint, flash_available, onnx_available, accelerate_available
-    )
+    planned, lines = _check_engine_per_node(config, planned, nodes, names, footprint, capabilities)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
+from orchestrator.forwarding import NodeTransport, Transport
 from orchestrator.planner import Plan, instances_by_node
 from orchestrator.ray_access import cluster_access, embedded_access, refresh_ray_config
 
@@ -246,11 +247,19 @@ def attach_front_door(
     lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
     load_weight, queue_weight = loaded.config.balancer.weights()
     forwarder = open_forwarder(plan, lane_token, Weights(load_weight=load_weight, queue_weight=queue_weight))
-    front.front_door.attach(forwarder, forwarder.readiness, forwarder.aclose)
+
+    async def close() -> None:
+        # On the front door's loop, once it takes no more requests: the transport closes what it opened (lanes,
+        # watchers), then Serve's replicas stop, nothing being in flight. The one place Serve is shut down from the
+        # front door (``shutdown`` is the other, for what was never attached).
+        await forwarder.aclose()
+        await shutdown_serve_async()
+
+    front.front_door.attach(forwarder, forwarder.readiness, close)
     front.run_on_loop(forwarder.start(wait_s), timeout_s=wait_s + 5.0)
 
 
-def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights = Weights()) -> Any:
+def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights = Weights()) -> Transport:
     """The front door's forwarder, per ``server.transport``.
 
     ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer (``weights``) in the
@@ -265,7 +274,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
     if lane_token is not None:
         return _direct_forwarder(plan, lane_token, weights)
 
-    forwarders = []
+    forwarders: list[tuple[NodeTransport, int]] = []
     for node_id, instances in instances_by_node(plan).items():
         name = app_name_for(node_id, instances[0].node_ip)
         capacity = sum(instance.capacity for instance in instances)
@@ -275,7 +284,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
     return NodeSpreadForwarder(forwarders)
 
 
-def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Any:
+def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Transport:
     from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
     from orchestrator.metrics_hub import find_hub
 
@@ -292,7 +301,6 @@ def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Any:
         lane_token,
         registered_lanes,
         weights,
-        on_close=shutdown_serve_async,  # after the lanes: Serve's replicas stop once nothing is in flight
     )
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from orchestrator.balancer import InstanceLoad, Weights, choose
+from orchestrator.balancer import InstanceLoad, Weights, choose, faded_load
 from orchestrator.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance, error_response
 from orchestrator.lane_protocol import (
@@ -201,7 +201,6 @@ class DirectForwarder:
             once; the slow read only finds a replica replaced behind a connection that never broke).
         connect_timeout_s: for connecting and greeting.
         clock: monotonic seconds (for the age of reported loads).
-        on_close: awaited at the end of ``aclose`` (``deploy`` shuts Serve down there).
         heartbeat: how often each lane is pinged and how long a silent replica is waited for.
     """
 
@@ -215,7 +214,6 @@ class DirectForwarder:
         settled_poll_s: float = 5.0,
         connect_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
-        on_close: Callable[[], Awaitable[None]] | None = None,
         heartbeat: Heartbeat = Heartbeat(),
     ) -> None:
         self._heartbeat = heartbeat
@@ -228,7 +226,6 @@ class DirectForwarder:
         self._lane_lost = asyncio.Event()
         self._connect_timeout_s = connect_timeout_s
         self._clock = clock
-        self._on_close = on_close
         self._lanes: dict[str, LaneConnection] = {}
         self._outstanding = dict.fromkeys(self._capacity, 0)
         self._reported: dict[str, tuple[float, float]] = {}  # instance -> (load, when)
@@ -264,10 +261,9 @@ class DirectForwarder:
 
     def _instance_load(self, name: str, now: float) -> InstanceLoad:
         load, when = self._reported.get(name, (0.0, now))
-        if self._outstanding[name] == 0:
-            # Nothing of ours runs there: its busy fraction decays as the window slides past its last answer.
-            load *= max(0.0, 1.0 - (now - when) / LOAD_WINDOW_S)
-        return InstanceLoad(key=name, load=load, outstanding=self._outstanding[name], capacity=self._capacity[name])
+        outstanding = self._outstanding[name]
+        faded = faded_load(load, now - when, LOAD_WINDOW_S, outstanding)
+        return InstanceLoad(key=name, load=faded, outstanding=outstanding, capacity=self._capacity[name])
 
     def readiness(self) -> tuple[int, int]:
         """(instances with an open lane, instances planned)."""
@@ -281,8 +277,6 @@ class DirectForwarder:
                 await self._watching
         for lane in self._lanes.values():
             lane.close("the front door is stopping")
-        if self._on_close is not None:
-            await self._on_close()
 
     async def _watch(self) -> None:
         while True:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import orjson
 
-from orchestrator.errors import OrchestratorError, error_body
+from orchestrator.balancer import spread
+from orchestrator.errors import OrchestratorError, PayloadTooLarge, error_body
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -46,6 +47,28 @@ def error_response(path: str, error: OrchestratorError) -> ForwardedResponse:
     return ForwardedResponse(error.status_code, tuple(headers), orjson.dumps(error_body(path, error)))
 
 
+class BoundedBody:
+    """A request body read a chunk at a time, refused (PayloadTooLarge) the moment it passes ``max_bytes``: the one
+    size rule of the front door and the replicas' HTTP app, which each read bodies their own way."""
+
+    def __init__(self, max_bytes: int, declared: bytes | str | None = None) -> None:
+        self._max_bytes = max_bytes
+        self._chunks: list[bytes] = []
+        self._size = 0
+        declared_text = declared.decode("latin-1") if isinstance(declared, bytes) else declared
+        if declared_text is not None and declared_text.isdigit() and int(declared_text) > max_bytes:
+            raise PayloadTooLarge(f"request body of {int(declared_text)} bytes is over the limit of {max_bytes} bytes")
+
+    def add(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._max_bytes:
+            raise PayloadTooLarge(f"request body is over the limit of {self._max_bytes} bytes")
+        self._chunks.append(chunk)
+
+    def bytes(self) -> bytes:
+        return b"".join(self._chunks)
+
+
 class InstanceLost(Exception):
     """The replica handling the request died or became unreachable before answering (safe to retry elsewhere)."""
 
@@ -58,6 +81,28 @@ Forwarder = Callable[[ForwardedRequest], Awaitable[ForwardedResponse]]
 """Sends one request to one replica chosen by the balancer; raises InstanceLost or NoInstance."""
 
 
+class Transport(Protocol):
+    """How the front door reaches the replicas (``DirectForwarder``: lanes; ``ServeForwarder``/``NodeSpreadForwarder``:
+    Serve handles): a ``Forwarder`` that is opened, reports readiness and is closed on the front door's loop."""
+
+    async def __call__(self, request: ForwardedRequest) -> ForwardedResponse: ...
+
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Open what it needs; return once every planned instance is reachable or after ``wait_s``."""
+
+    def readiness(self) -> tuple[int, int]:
+        """(instances reachable now, instances planned)."""
+
+    async def aclose(self) -> None:
+        """Close what it opened (not Serve: ``deploy`` shuts Serve down)."""
+
+
+class NodeTransport(Transport, Protocol):
+    """One node's transport inside ``NodeSpreadForwarder``: it also stops its background watcher on request."""
+
+    def stop_watching(self) -> None: ...
+
+
 class NodeSpreadForwarder:
     """Spreads requests over several nodes' forwarders (one Serve application per node in a cluster).
 
@@ -66,17 +111,16 @@ class NodeSpreadForwarder:
     is exact. Inside the chosen node our balancer picks the replica. A retried request is spread again.
     """
 
-    def __init__(self, forwarders: Sequence[tuple[Any, int]]) -> None:
+    def __init__(self, forwarders: Sequence[tuple[NodeTransport, int]]) -> None:
         """``forwarders``: (forwarder with ``readiness()``, the node's total capacity) per node."""
         self._forwarders = [forwarder for forwarder, _ in forwarders]
         self._capacity = [max(capacity, 1) for _, capacity in forwarders]
         self._outstanding = [0] * len(forwarders)
 
     def choose(self) -> int:
-        """Index of the node to send the next request to."""
-        running = [n for n, forwarder in enumerate(self._forwarders) if forwarder.readiness()[0] > 0]
-        candidates = running or list(range(len(self._forwarders)))
-        return min(candidates, key=lambda n: ((self._outstanding[n] + 1) / self._capacity[n], n))
+        """Index of the node to send the next request to (``balancer.spread``)."""
+        running = [forwarder.readiness()[0] > 0 for forwarder in self._forwarders]
+        return spread(self._outstanding, self._capacity, running)
 
     async def __call__(self, request: ForwardedRequest) -> ForwardedResponse:
         chosen = self.choose()
@@ -95,9 +139,6 @@ class NodeSpreadForwarder:
         return sum(ready for ready, _ in counts), sum(planned for _, planned in counts)
 
     async def aclose(self) -> None:
-        """Stop every node's watcher, then shut Serve down once (as ``ServeForwarder.aclose`` does)."""
-        from ray import serve
-
+        """Stop every node's watcher (``deploy`` shuts Serve down once, after this)."""
         for forwarder in self._forwarders:
             forwarder.stop_watching()
-        await serve.shutdown_async()

@@ -33,6 +33,7 @@ from orchestrator.errors import (
     ServiceUnavailable,
 )
 from orchestrator.forwarding import (
+    BoundedBody,
     ForwardedRequest,
     ForwardedResponse,
     Forwarder,
@@ -256,11 +257,7 @@ class _ClientGone(Exception):
 async def _read_body(scope: Scope, receive: Receive, max_bytes: int, stall_timeout_s: float | None = None) -> bytes:
     """The whole body; raises PayloadTooLarge past ``max_bytes``, ClientTooSlow when no part of it arrives for
     ``stall_timeout_s`` (a slow-body client cannot hold a connection), _ClientGone on a disconnect."""
-    declared = dict(scope.get("headers", ())).get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {int(declared)} bytes is over the limit of {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
+    body = BoundedBody(max_bytes, dict(scope.get("headers", ())).get(b"content-length"))
     while True:
         try:
             message = await asyncio.wait_for(receive(), stall_timeout_s)
@@ -268,13 +265,9 @@ async def _read_body(scope: Scope, receive: Receive, max_bytes: int, stall_timeo
             raise ClientTooSlow(f"the request body stalled for {stall_timeout_s:g} s") from None
         if message["type"] == "http.disconnect":
             raise _ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
+        body.add(message.get("body", b""))
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            return body.bytes()
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from orchestrator.capabilities import BASE_INSTALL, Capabilities
 from orchestrator.config import Config, InstanceConfig
 from orchestrator.errors import PlanError
 from orchestrator.hardware.topology import Topology
@@ -232,13 +233,12 @@ def check_engine(
     config: Config,
     planned: list[PlannedInstance],
     footprint: ModelFootprint | None,
-    flash_available: bool,
-    onnx_available: bool = True,
-    accelerate_available: bool | None = None,
+    capabilities: Capabilities,
 ) -> tuple[list[PlannedInstance], list[str]]:
     """Choose each instance's backend and refuse, one line each, overrides that cannot work on its device
-    (dtype, attention, backend, quantisation), a tensor_parallel_size the model's heads do not allow, and an
-    instance spanning several GPUs that cannot be split (``accelerate_available`` None: whether it is installed).
+    (dtype, attention, backend, quantisation) or without the optional packages ``capabilities`` says import where
+    the instances run, a tensor_parallel_size the model's heads do not allow, and an instance spanning several GPUs
+    that cannot be split.
 
     Returns the instances with their backend set, and one line per device kind saying which backend and why.
     """
@@ -258,9 +258,9 @@ def check_engine(
     for device in sorted({"cpu" if p.gpu is None else "cuda" for p in planned}):
         who = [p.name for p in planned if ("cpu" if p.gpu is None else "cuda") == device]
         try:
-            choice = choose_backend(device, model_type, model.backend, model.quantize, onnx_available)
+            choice = choose_backend(device, model_type, model.backend, model.quantize, capabilities.onnx)
             if choice.backend == "torch":
-                choose_engine(device, model_type, model.dtype, model.attn_implementation, flash_available)
+                choose_engine(device, model_type, model.dtype, model.attn_implementation, capabilities.flash_attn)
             backends[device] = choice.backend
             quantized = " (int8)" if model.quantize == "int8" else ""
             lines.append(f"backend {choice.backend}{quantized} for {', '.join(who)}: {choice.reason}")
@@ -276,12 +276,8 @@ def check_engine(
         gpus = instance.gpu.device_count if instance.gpu is not None else 1
         if gpus == 1:
             continue
-        if accelerate_available is None:
-            import importlib.util  # the one look at the environment, and only when an instance spans GPUs
-
-            accelerate_available = importlib.util.find_spec("accelerate") is not None
         try:
-            check_device_map(gpus, model_type, accelerate_available)
+            check_device_map(gpus, model_type, capabilities.accelerate)
         except EngineChoiceError as error:
             problems.append(f"instance {instance.name!r}: {error}")
     if problems:
@@ -294,22 +290,21 @@ def plan(
     config: Config,
     topology: Topology,
     footprint: ModelFootprint | None = None,
-    flash_available: bool = False,
-    onnx_available: bool = True,
-    accelerate_available: bool | None = None,
+    capabilities: Capabilities = BASE_INSTALL,
 ) -> Plan:
     """Place every configured instance on the hardware found.
 
     Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
     instances take CPU pools, ``gpu`` instances take ``gpus`` whole GPUs without MIG, and every other instance takes
-    a free MIG slice of its profile (see ``orchestrator/mig_planner.py``). Raises PlanError, one line per problem,
-    when the config cannot be placed.
+    a free MIG slice of its profile (see ``orchestrator/mig_planner.py``). ``capabilities`` are what imports where
+    the replicas will run (``capabilities.detect()`` for this machine; the default is a plain install). Raises
+    PlanError, one line per problem, when the config cannot be placed.
     """
     if not topology.gpus:
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
         if not planned:
             raise PlanError("no instance could be placed on the CPU pools")
-        planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available)
+        planned, lines = check_engine(config, planned, footprint, capabilities)
         return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes), backend_lines=tuple(lines))
 
     from orchestrator.mig_planner import plan_gpu_instances
@@ -321,6 +316,6 @@ def plan(
         cpu_planned, cpu_notes = plan_cpu_pools(config, topology, cpu_instances, first_rank=len(planned))
         planned += cpu_planned
         notes += cpu_notes
-    planned, lines = check_engine(config, planned, footprint, flash_available, onnx_available, accelerate_available)
+    planned, lines = check_engine(config, planned, footprint, capabilities)
     kinds = sorted({p.device for p in planned}, key=["mig", "gpu", "cpu"].index)
     return Plan(instances=tuple(planned), device_kind="+".join(kinds), notes=tuple(notes), backend_lines=tuple(lines))

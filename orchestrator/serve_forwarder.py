@@ -65,11 +65,9 @@ class ServeForwarder:
         return self._count()
 
     async def aclose(self) -> None:
-        """Stop watching and shut Serve down from this loop: the handle's router lives on it (see ``__call__``)."""
-        from ray import serve
-
+        """Stop watching Serve's status (``deploy`` then shuts Serve down, on this same loop, where the handle's
+        router lives: see ``__call__``)."""
         self.stop_watching()
-        await serve.shutdown_async()
 
     def stop_watching(self) -> None:
         self._stop.set()

@@ -18,6 +18,8 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from orchestrator.errors import NotFound, error_body
+
 # Beside this module; pyproject's package-data ships the folder with the ``workers`` package.
 ASSET_DIR = Path(__file__).resolve().parent / "dashboard_assets"
 PAGE = "index.html"
@@ -53,9 +55,9 @@ def _asset_response(name: str) -> Response:
     return Response(asset_bytes(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
 
-def _not_found(message: str) -> Response:
-    body = {"error": message, "error_type": "NotFound"}
-    return Response(orjson.dumps(body), status_code=404, media_type="application/json")
+def _not_found(path: str, message: str) -> Response:
+    error = NotFound(message)
+    return Response(orjson.dumps(error_body(path, error)), status_code=error.status_code, media_type="application/json")
 
 
 def register_dashboard(app: FastAPI) -> None:
@@ -70,5 +72,7 @@ def register_dashboard(app: FastAPI) -> None:
     async def dashboard_asset(name: str) -> Response:
         if name not in ASSETS or name == PAGE:
             known = ", ".join(sorted(n for n in ASSETS if n != PAGE))
-            return _not_found(f"no dashboard asset named {name!r}; the assets are: {known}")
+            return _not_found(
+                f"/dashboard/assets/{name}", f"no dashboard asset named {name!r}; the assets are: {known}"
+            )
         return _asset_response(name)

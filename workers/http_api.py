@@ -29,11 +29,11 @@ from orchestrator.errors import (
     MalformedRequest,
     NotFound,
     OrchestratorError,
-    PayloadTooLarge,
     Unauthorized,
     ValidationFailed,
     error_body,
 )
+from orchestrator.forwarding import BoundedBody
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
 from workers.dashboard import register_dashboard
 from workers.service import EmbeddingService, EmbedResult
@@ -92,17 +92,10 @@ def _first_validation_problem(error: ValidationError | RequestValidationError) -
 
 
 async def _read_json_body(request: Request, max_bytes: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {max_bytes} bytes")
-    chunks = []
-    size = 0
+    bounded = BoundedBody(max_bytes, request.headers.get("content-length"))
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+        bounded.add(chunk)
+    body = bounded.bytes()
     if not body:
         raise MalformedRequest("the request body is empty; send a JSON object")
     try:

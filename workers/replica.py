@@ -10,7 +10,6 @@ handle and our router (``transport: serve``), which calls ``forward``.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import uuid
 from dataclasses import dataclass
@@ -159,11 +158,13 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
             logger.warning("cached ONNX graph %s does not load (%s): rebuilding it", graph.path, error)
             graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize, discard_sha256=graph.sha256)
             return backend_for(graph.path)
+    from orchestrator.capabilities import detect
     from orchestrator.engine_choice import choose_engine
     from workers.backend import TorchBackend
 
-    flash_available = importlib.util.find_spec("flash_attn") is not None
-    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_available)
+    # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
+    flash_attn = detect().flash_attn
+    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_attn)
     device_map = None
     if instance.gpu is not None and instance.gpu.device_count > 1:
         from workers.device_map import balanced_device_map, visible_free_memory

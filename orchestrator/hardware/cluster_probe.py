@@ -8,7 +8,6 @@ tested with node records shaped like ``ray.nodes()``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import ipaddress
 import socket
 from collections import Counter
@@ -16,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.capabilities import NODE_PACKAGES, installed
 from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
 
 # Ray gives the head node (and only it) this resource; the autoscaler, Ray Train and Ray Data recognise the head by
@@ -24,9 +24,6 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 # Every node carries this label with its hex node id; unlike ``node:<ip>`` it stays unambiguous when several raylets
 # share one IP (a test cluster on one machine).
 NODE_ID_LABEL = "ray.io/node-id"
-# Optional packages whose presence changes what an instance may do on its node (flash attention; splitting a model
-# over several whole GPUs): looked up on each node, since a CPU head need not have the gpu extra its GPU nodes have.
-OPTIONAL_PACKAGES = ("flash_attn", "accelerate")
 
 
 @dataclass(frozen=True)
@@ -39,8 +36,8 @@ class NodeTopology:
         hostname: ``socket.gethostname()`` on the node.
         is_head: True for the head node of the cluster.
         topology: what ``probe_topology`` found there.
-        packages: which of ``OPTIONAL_PACKAGES`` import on the node (None: not looked up; the planner then assumes
-            the planning process's own environment).
+        packages: which of ``capabilities.NODE_PACKAGES`` import on the node, as names (None: not looked up; the
+            planner then assumes the planning process's own environment); ``Capabilities.on_node`` reads them.
     """
 
     node_id: str
@@ -135,8 +132,11 @@ def _one_line(error: BaseException) -> str:
 
 
 def installed_optional_packages() -> frozenset[str]:
-    """The ``OPTIONAL_PACKAGES`` that import in this process's environment."""
-    return frozenset(name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is not None)
+    """What this node reports of its optional packages: the ``capabilities.NODE_PACKAGES`` that import here.
+
+    Names rather than a ``Capabilities`` cross the wire: plain strings unpickle on a driver of any version.
+    """
+    return installed(NODE_PACKAGES)
 
 
 def _probe_on_node(probe: Callable[[], Topology] | None) -> tuple[Topology, str, frozenset[str]]:
@@ -155,7 +155,7 @@ def discover_nodes(
 
     One task per node, pinned with a hard ``NodeAffinitySchedulingStrategy`` and asking for no CPU (so that it runs
     on a head started with ``--num-cpus=0`` and beside busy replicas), calls ``probe`` there (default:
-    ``probe_topology``, imported on the node) and looks up the node's ``OPTIONAL_PACKAGES``. Returns the nodes, head
+    ``probe_topology``, imported on the node) and looks up the node's optional packages. Returns the nodes, head
     first then by IP, and one warning line per node skipped because its task failed or did not finish within
     ``timeout_s`` (counted for all tasks together).
     Raises only what ``ray.nodes()`` raises (Ray not initialised...).

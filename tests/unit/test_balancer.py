@@ -49,3 +49,21 @@ def test_ties_prefer_free_capacity_then_input_order() -> None:
 def test_empty_input() -> None:
     assert choose([], SEED) is None
     assert rank([], SEED) == []
+
+
+def test_a_reported_load_fades_over_its_window_only_while_nothing_of_ours_runs() -> None:
+    from orchestrator.balancer import faded_load
+
+    assert faded_load(0.8, age_s=0.0, window_s=2.0, outstanding=0) == 0.8
+    assert faded_load(0.8, age_s=1.0, window_s=2.0, outstanding=0) == pytest.approx(0.4)
+    assert faded_load(0.8, age_s=5.0, window_s=2.0, outstanding=0) == 0.0
+    assert faded_load(0.8, age_s=5.0, window_s=2.0, outstanding=3) == 0.8  # ours run there: the report holds
+
+
+def test_spread_fills_nodes_by_capacity_and_prefers_running_ones() -> None:
+    from orchestrator.balancer import spread
+
+    assert spread([0, 0], [1, 3], [True, True]) == 1  # idle: the bigger node first
+    assert spread([0, 3], [1, 3], [True, True]) == 0  # 1/1 against 4/3
+    assert spread([5, 0], [1, 3], [True, False]) == 0  # the other has no running instance
+    assert spread([5, 0], [1, 3], [False, False]) == 1  # none running: all are candidates

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.capabilities import Capabilities
 from orchestrator.cluster_planner import plan_cluster
 from orchestrator.config import parse_config
 from orchestrator.errors import PlanError
@@ -134,14 +135,14 @@ def test_an_instance_spanning_gpus_stays_on_one_node(monkeypatch: pytest.MonkeyP
     nodes.append(node(monkeypatch, pair, "10.0.0.2"))  # type: ignore[arg-type]
     raw = {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
     # As on GPU nodes with the gpu extra: accelerate is what splits "big" (not needed on this CPU machine).
-    placement = plan_cluster(parse_config(raw), nodes, MINILM, accelerate_available=True)
+    placement = plan_cluster(parse_config(raw), nodes, MINILM, Capabilities(accelerate=True))
     assert [(i.name, i.node_ip, i.gpu.gpu_indices) for i in placement.instances] == [
         ("one", "10.0.0.1", (1,)),
         ("big", "10.0.0.2", (0, 1)),
     ]
     raw["mig_instances"][1]["gpus"] = 3
     with pytest.raises(PlanError) as caught:
-        plan_cluster(parse_config(raw), nodes, MINILM, accelerate_available=True)
+        plan_cluster(parse_config(raw), nodes, MINILM, Capabilities(accelerate=True))
     assert str(caught.value) == (
         "instance 'big': gpus: 3 needs 3 whole GPUs without MIG on one node, and no node has that many free "
         "(node 10.0.0.1: 0 free of 1 without MIG; node 10.0.0.2: 2 free of 2 without MIG)"
@@ -156,19 +157,19 @@ def test_what_imports_on_each_gpu_node_decides_for_its_instances(monkeypatch: py
     two_gpus = node(monkeypatch, pair, "10.0.0.3")  # type: ignore[arg-type]
     big = dataclasses.replace(two_gpus, packages=frozenset({"accelerate"}))
     raw = {"mig_instances": [{"name": "one", "type": "gpu"}, {"name": "big", "type": "gpu", "gpus": 2}]}
-    placement = plan_cluster(parse_config(raw), [head, split, big], MINILM, accelerate_available=False)
+    placement = plan_cluster(parse_config(raw), [head, split, big], MINILM, Capabilities(accelerate=False))
     assert [(i.name, i.node_ip) for i in placement.instances] == [("one", "10.0.0.2"), ("big", "10.0.0.3")]
     assert [line.split(":")[0] for line in placement.backend_lines] == ["node 10.0.0.2", "node 10.0.0.3"]
 
     without = dataclasses.replace(big, packages=frozenset())  # that node lacks accelerate: refused, naming it
     with pytest.raises(PlanError) as caught:
-        plan_cluster(parse_config(raw), [head, split, without], MINILM, accelerate_available=True)
+        plan_cluster(parse_config(raw), [head, split, without], MINILM, Capabilities(accelerate=True))
     assert str(caught.value).startswith("node 10.0.0.3: instance 'big': gpus: 2 splits the model with accelerate")
 
     raw["model"] = {"attn_implementation": "flash_attention_2"}  # flash attention: only where flash_attn imports
     flash = dataclasses.replace(big, packages=frozenset({"accelerate", "flash_attn"}))
     with pytest.raises(PlanError) as caught:
-        plan_cluster(parse_config(raw), [head, split, flash], MINILM, flash_available=True)
+        plan_cluster(parse_config(raw), [head, split, flash], MINILM, Capabilities(flash_attn=True))
     assert str(caught.value).startswith("node 10.0.0.2: model: ")
     assert "10.0.0.3" not in str(caught.value)
 

@@ -124,6 +124,7 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
     """load_backend: a gpus: 2 instance gets a balanced map over the visible GPUs' free memory (faked here)."""
     import workers.backend
     import workers.device_map
+    from orchestrator.capabilities import Capabilities
     from orchestrator.config import parse_config
     from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
     from orchestrator.planner import plan
@@ -132,7 +133,9 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
 
     l4s = tuple(GpuInfo(i, "NVIDIA L4", f"GPU-l4{i:06d}-0000-0000-0000-000000000000", 23034) for i in range(2))
     raw = {"model": {"path": str(qwen3)}, "mig_instances": [{"name": "big", "type": "gpu", "gpus": 2}]}
-    placement = plan(parse_config(raw), Topology(cpu=CpuTopology(cores=(0,)), gpus=l4s))
+    placement = plan(
+        parse_config(raw), Topology(cpu=CpuTopology(cores=(0,)), gpus=l4s), capabilities=Capabilities(accelerate=True)
+    )
     spec = ReplicaSpec(
         placement, None, str(qwen3), "q", "auto", "auto", "auto", "left", {}, None, "none", None, None, True, 8, 1000
     )

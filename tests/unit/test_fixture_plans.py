@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
 from orchestrator.deploy import actor_options
 from orchestrator.errors import PlanError
@@ -97,7 +98,7 @@ def test_one_instance_on_two_whole_gpus_beside_mig(monkeypatch: pytest.MonkeyPat
     )
     topology = probe_topology()
     instances = [{"name": "slice", "type": "3g.40gb"}, {"name": "big", "type": "gpu", "gpus": 2}]
-    placement = plan(parse_config({"mig_instances": instances}), topology, MINILM)
+    placement = plan(parse_config({"mig_instances": instances}), topology, MINILM, Capabilities(accelerate=True))
     big = placement.instances[1].gpu
     assert big.device_uuids == (topology.gpus[1].uuid, topology.gpus[2].uuid) and big.gpu_indices == (1, 2)
     assert big.memory_mb == 23034 + 40960

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
 from orchestrator.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, MigProfile, MigSlice, Topology
@@ -28,6 +29,7 @@ H100_80GB = (
 )
 SMALL_MODEL = ModelFootprint(parameters=23_000_000, stored_dtype_bytes=4)
 QWEN3_4B = ModelFootprint(parameters=4_000_000_000, stored_dtype_bytes=2)
+ACCELERATE = Capabilities(accelerate=True)  # as on GPU nodes with the gpu extra: what splits a model over GPUs
 
 
 def mig(index: int, gpu: str, profile: MigProfile, gi: int) -> MigSlice:
@@ -155,7 +157,7 @@ def spanning(gpus: int, *others: str, **sections: object):
 
 
 def test_an_instance_spans_several_whole_gpus() -> None:
-    placement = plan(spanning(2, "1g.5gb"), topo(a100(layout=SEVEN_1G), l4(1), l4(2)), SMALL_MODEL)
+    placement = plan(spanning(2, "1g.5gb"), topo(a100(layout=SEVEN_1G), l4(1), l4(2)), SMALL_MODEL, ACCELERATE)
     big = placement.instances[0]
     assert (big.device, big.gpu.kind, big.gpu.device_uuid) == ("gpu", "gpu", l4(1).uuid)
     assert big.gpu.device_uuids == (l4(1).uuid, l4(2).uuid) and big.gpu.gpu_indices == (1, 2)
@@ -188,14 +190,14 @@ def test_model_memory_is_compared_to_the_sum_of_the_gpus() -> None:
         r"23034 MiB together: raise gpus",
     ):
         plan(spanning(1), topo(l4(0), l4(1)), big_model)
-    assert plan(spanning(2), topo(l4(0), l4(1)), big_model).instances[0].gpu.memory_mb == 46068
+    assert plan(spanning(2), topo(l4(0), l4(1)), big_model, ACCELERATE).instances[0].gpu.memory_mb == 46068
 
 
 def test_spanning_needs_accelerate_and_a_splittable_model() -> None:
     two = topo(l4(0), l4(1))
     with pytest.raises(PlanError, match="^instance 'big': gpus: 2 splits the model with accelerate, which does not"):
-        plan(spanning(2), two, SMALL_MODEL, accelerate_available=False)
-    plan(spanning(1), two, SMALL_MODEL, accelerate_available=False)  # one GPU needs no device map
+        plan(spanning(2), two, SMALL_MODEL, Capabilities(accelerate=False))
+    plan(spanning(1), two, SMALL_MODEL, Capabilities(accelerate=False))  # one GPU needs no device map
     mpnet = ModelFootprint(parameters=100_000_000, stored_dtype_bytes=4, model_type="mpnet")
     with pytest.raises(PlanError, match="^instance 'big': gpus: 2: mpnet declares no layers that must stay whole"):
-        plan(spanning(2), two, mpnet, accelerate_available=True)
+        plan(spanning(2), two, mpnet, ACCELERATE)

@@ -30,7 +30,7 @@ from orchestrator.planner import Plan, PlannedInstance, plan
 from orchestrator.ray_access import RayAccessError
 
 if TYPE_CHECKING:
-    from orchestrator.front_door_server import FrontDoorServer
+    from orchestrator.frontdoor.server import FrontDoorServer
 
 app = typer.Typer(
     help="Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint.",
@@ -233,7 +233,7 @@ def up_command(
     adopt_orphans()  # Ray's agents outlive a dead raylet: re-parented here, they are ended with us
     server = loaded.config.server
     from orchestrator import deploy
-    from orchestrator.front_door_server import front_door_server_for
+    from orchestrator.frontdoor.server import front_door_server_for
 
     front = front_door_server_for(loaded)
     try:

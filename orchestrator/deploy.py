@@ -26,7 +26,7 @@ from orchestrator.planner import Plan, instances_by_node
 from orchestrator.ray_access import cluster_access, embedded_access, refresh_ray_config
 
 if TYPE_CHECKING:
-    from orchestrator.front_door_server import FrontDoorServer
+    from orchestrator.frontdoor.server import FrontDoorServer
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, .
     from ray import serve
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
-    # No Serve proxy: our front door (orchestrator/front_door.py) is the HTTP endpoint and calls replicas itself.
+    # No Serve proxy: our front door (orchestrator/frontdoor/app.py) is the HTTP endpoint and calls replicas itself.
     serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
     return warnings
 
@@ -269,7 +269,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
     least outstanding work per unit of capacity (``NodeSpreadForwarder``).
     """
     from orchestrator.forwarding import NodeSpreadForwarder
-    from orchestrator.serve_forwarder import ServeForwarder
+    from orchestrator.frontdoor.serve_handles import ServeForwarder
 
     if lane_token is not None:
         return _direct_forwarder(plan, lane_token, weights)
@@ -285,7 +285,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
 
 
 def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Transport:
-    from orchestrator.direct_forwarder import DirectForwarder, LaneEndpoint
+    from orchestrator.frontdoor.lanes import DirectForwarder, LaneEndpoint
     from orchestrator.metrics_hub import find_hub
 
     hub = find_hub()

@@ -5,7 +5,7 @@ Replicas push a snapshot about once a second (off the request path); whichever r
 per second) are computed here from the difference between an instance's last two snapshots.
 
 The hub is also the registry of direct lanes: each push carries where the replica's lane listens (if it has one),
-and the front door reads ``lanes()`` to connect (``orchestrator/direct_forwarder.py``). Pushing it every time keeps
+and the front door reads ``lanes()`` to connect (``orchestrator/frontdoor/lanes.py``). Pushing it every time keeps
 the registry whole across a hub restart.
 """
 

@@ -38,7 +38,7 @@ def make_loaded(port: int, **sections: object) -> LoadedConfig:
 def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     """Start Ray + Serve once, deploy the 2-pool plan, yield (base URL, config, plan)."""
     from orchestrator import deploy
-    from orchestrator.front_door_server import front_door_server_for
+    from orchestrator.frontdoor.server import front_door_server_for
 
     loaded = make_loaded(free_port())
     placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)

@@ -102,7 +102,7 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
     import ray
 
     from orchestrator import deploy
-    from orchestrator.front_door_server import front_door_server_for
+    from orchestrator.frontdoor.server import front_door_server_for
     from orchestrator.hardware.topology import CpuTopology, Topology
     from orchestrator.planner import Plan, plan
     from tests.integration.conftest import free_port, make_loaded

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from orchestrator.balancer import Weights
-from orchestrator.direct_forwarder import DirectForwarder, Heartbeat, LaneEndpoint
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.frontdoor.lanes import DirectForwarder, Heartbeat, LaneEndpoint
 from orchestrator.lane_protocol import (
     CANCEL,
     HELLO,
@@ -345,7 +345,7 @@ def test_the_hub_keeps_the_latest_lane_of_each_instance() -> None:
 
 
 async def test_the_front_door_resends_a_request_whose_replica_died_to_the_other_one(two_replicas: Any) -> None:
-    from orchestrator.front_door import FrontDoor
+    from orchestrator.frontdoor.app import FrontDoor
     from tests.unit.test_front_door import _call
 
     forwarder, a, b, _ = two_replicas

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
-from orchestrator.front_door import FrontDoor
+from orchestrator.frontdoor.app import FrontDoor
 from tests.fakes import fake_service
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
@@ -227,7 +227,7 @@ def test_the_server_answers_json_while_starting_and_sets_tcp_nodelay() -> None:
 
     import httpx
 
-    from orchestrator.front_door_server import FrontDoorServer
+    from orchestrator.frontdoor.server import FrontDoorServer
 
     server = FrontDoorServer(FrontDoor(max_request_bytes=100, request_timeout_s=5), "127.0.0.1", 0)
     server.start()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.front_door import FrontDoor, front_door_metric_names
+from orchestrator.frontdoor.app import FrontDoor, front_door_metric_names
 from orchestrator.metrics import HISTOGRAMS, PREFIX, metric_names, render_prometheus
 from orchestrator.metrics_hub import MetricsHub
 from tests.fakes import ManualClock

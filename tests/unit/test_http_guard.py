@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse
-from orchestrator.front_door import FrontDoor
-from orchestrator.front_door_server import FrontDoorServer
-from orchestrator.http_guard import EdgeLimits, RateLimitedLog
+from orchestrator.frontdoor.app import FrontDoor
+from orchestrator.frontdoor.edge import EdgeLimits, RateLimitedLog
+from orchestrator.frontdoor.server import FrontDoorServer
 
 
 class EchoForwarder:
@@ -198,7 +198,7 @@ def test_connections_past_the_cap_get_503_at_once_and_are_closed(door: tuple[int
 def test_the_connection_cap_stays_below_the_open_file_limit() -> None:
     import resource
 
-    from orchestrator.front_door_server import FILE_DESCRIPTOR_RESERVE, within_open_file_limit
+    from orchestrator.frontdoor.server import FILE_DESCRIPTOR_RESERVE, within_open_file_limit
 
     limits = within_open_file_limit(EdgeLimits(max_header_bytes=1, client_timeout_s=1.0, max_connections=10**9))
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -26,8 +26,8 @@ HEAVY_AT_MODULE_LEVEL = {
     "transformers": set(),
     "onnxruntime": set(),
     "onnx": set(),
-    "uvicorn": {"orchestrator.http_guard"},
-    "httptools": {"orchestrator.http_guard"},
+    "uvicorn": {"orchestrator.frontdoor.edge"},
+    "httptools": {"orchestrator.frontdoor.edge"},
     "fastapi": {"workers.http_api", "workers.dashboard"},
 }
 CONTROL_TO_WORKERS = {"orchestrator.cli", "orchestrator.deploy"}

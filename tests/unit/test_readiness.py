@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.readiness import InstanceCount
+from orchestrator.frontdoor.readiness import InstanceCount
 from tests.fakes import ManualClock
 
 

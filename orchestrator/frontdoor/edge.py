@@ -9,7 +9,7 @@ connection, kept slowloris connections forever and exhausted the file descriptor
   (nothing more is buffered, and nothing of it is forwarded to a replica);
 * **header time**: a request's line and headers must arrive within ``client_timeout_s`` of its first byte, or of the
   connection opening -> 408 (idle keep-alive connections are closed silently by uvicorn's keep-alive timer; a body
-  that stalls is the front door's to time out, ``front_door._read_body``);
+  that stalls is the front door's to time out, ``frontdoor.app._read_body``);
 * **connections**: past ``max_connections`` a new connection gets 503 (``Retry-After``) and is closed at once;
 * **malformed HTTP**: 400 JSON instead of uvicorn's text.
 

@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
-from orchestrator.readiness import InstanceCount
+from orchestrator.frontdoor.readiness import InstanceCount
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ServeForwarder:
 
     def readiness(self) -> tuple[int, int]:
         """(replicas running, replicas planned): Serve's count (polled every second) less the replicas this front
-        door saw die that Serve has not noticed yet (``orchestrator/readiness.py``)."""
+        door saw die that Serve has not noticed yet (``orchestrator/frontdoor/readiness.py``)."""
         return self._count()
 
     async def aclose(self) -> None:

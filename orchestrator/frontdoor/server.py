@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 from orchestrator.config import LoadedConfig
 from orchestrator.errors import OrchestratorError
-from orchestrator.front_door import FrontDoor
-from orchestrator.http_guard import EdgeLimits, protocol_factory, rate_limited_exception_handler
+from orchestrator.frontdoor.app import FrontDoor
+from orchestrator.frontdoor.edge import EdgeLimits, protocol_factory, rate_limited_exception_handler
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

@@ -1,0 +1,15 @@
+"""The front door: the one HTTP endpoint of ``orchestrator up``, and how a request reaches a replica from it.
+
+A request crosses these rooms once each, in this order:
+
+* ``server``: binds the port before Ray starts and runs uvicorn on a thread of the ``up`` process;
+* ``edge``: the HTTP protocol with the edge's limits (header size and time, connection cap, JSON for bad HTTP);
+* ``app``: the ASGI app that reads the request whole, retries it once on a lost instance, answers JSON for every
+  failure and adds the front door's readiness and metrics;
+* a transport (``orchestrator.forwarding.Transport``): ``lanes`` (direct TCP lanes to each replica, our balancer
+  here; the default) or ``serve_handles`` (Serve's handles, our router inside Serve), with ``readiness`` counting
+  the replicas Serve runs for the latter.
+
+What travels to the replica (``ForwardedRequest``, frames, error bodies) is in ``orchestrator.forwarding`` and
+``orchestrator.lane_protocol``, which the replicas import too; nothing in this package imports Ray at module level.
+"""

@@ -2,7 +2,7 @@
 
 All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
 Serve rank (``plan.instances[rank]``), pins itself to that instance's cores, loads the model, and builds its own
-FastAPI app. The front door (``orchestrator/front_door.py``) hands each request, whole, to one replica: over the
+FastAPI app. The front door (``orchestrator/frontdoor/app.py``) hands each request, whole, to one replica: over the
 replica's direct lane (``workers/lane_server.py``, the default ``server.transport: direct``), or through Serve's
 handle and our router (``transport: serve``), which calls ``forward``.
 """

@@ -14,9 +14,9 @@ Two more policies live here so that every routing decision is in one place and t
 ``faded_load`` (how a reported busy fraction ages while nothing of ours runs on the instance) and ``spread``
 (which node of a cluster gets the next request when Serve routes inside each node).
 
-Nothing here imports Ray. The front door's ``orchestrator/frontdoor/lanes.py`` feeds these functions (direct lanes,
-the default), ``orchestrator/forwarding.py`` spreads over nodes and ``orchestrator/router.py`` ranks from Serve's
-routing path (``server.transport: serve``).
+Nothing here imports Ray. The front door's ``orchestrator/frontdoor/lanes.py`` feeds these functions (direct
+lanes, the default), ``orchestrator/frontdoor/node_spread.py`` spreads over nodes and ``orchestrator/router.py``
+ranks from Serve's routing path (``server.transport: serve``).
 """
 
 from __future__ import annotations

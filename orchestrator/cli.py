@@ -23,8 +23,8 @@ from rich.table import Table
 
 from orchestrator import capabilities
 from orchestrator.config import LoadedConfig, load_config
+from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
-from orchestrator.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planner import Plan, PlannedInstance, plan
 from orchestrator.ray_access import RayAccessError

@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 
 from orchestrator.config import load_config
+from orchestrator.contracts.errors import ConfigError, PlanError
 from orchestrator.doctor import run_checks
-from orchestrator.errors import ConfigError, PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.mig_layout import LayoutPlan, plan_layout
 from orchestrator.ray_access import RayAccessError, cluster_access

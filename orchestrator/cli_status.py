@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from orchestrator.config import load_config
-from orchestrator.errors import ConfigError
+from orchestrator.contracts.errors import ConfigError
 
 
 def fetch_instances(url: str, timeout_s: float = 5.0) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from orchestrator.capabilities import BASE_INSTALL, Capabilities
 from orchestrator.config import Config, InstanceConfig
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, node_names, slice_counts
 from orchestrator.hardware.topology import GpuInfo, MigSlice
 from orchestrator.mig_planner import plan_gpu_instances

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from orchestrator.errors import ConfigError
+from orchestrator.contracts.errors import ConfigError
 from orchestrator.model_source import ModelFootprint, ModelSourceError, measure_footprint, resolve_model_folder
 
 CONFIG_VERSION = 1

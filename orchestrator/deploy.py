@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
-from orchestrator.errors import OrchestratorError
-from orchestrator.forwarding import NodeTransport, Transport
+from orchestrator.contracts.errors import OrchestratorError
+from orchestrator.contracts.forwarding import NodeTransport, Transport
 from orchestrator.planner import Plan, instances_by_node
 from orchestrator.ray_access import cluster_access, embedded_access, refresh_ray_config
 
@@ -268,7 +268,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
     is our balancer (the deployment's router); across nodes the front door sends each request to the node with the
     least outstanding work per unit of capacity (``NodeSpreadForwarder``).
     """
-    from orchestrator.forwarding import NodeSpreadForwarder
+    from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
     from orchestrator.frontdoor.serve_handles import ServeForwarder
 
     if lane_token is not None:

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from orchestrator.config import Config
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo, MigProfile, Topology
 
 

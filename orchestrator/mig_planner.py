@@ -8,7 +8,7 @@ what exists and what to do; all problems are collected before raising, so a user
 from __future__ import annotations
 
 from orchestrator.config import Config, InstanceConfig
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
 from orchestrator.model_source import ModelFootprint
 from orchestrator.planner import GpuBinding, PlannedInstance, planned_instance

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.capabilities import BASE_INSTALL, Capabilities
 from orchestrator.config import Config, InstanceConfig
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import Topology
 from orchestrator.model_source import ModelFootprint
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-from orchestrator.errors import Overloaded
+from orchestrator.contracts.errors import Overloaded
 from workers.calibration import SpeedMeter
 
 # A request is taken while its estimated wait is within this share of its deadline. The rest is for what the estimate

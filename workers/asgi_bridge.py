@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 
 AsgiApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 

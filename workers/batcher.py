@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.errors import BackendFailure, Overloaded
+from orchestrator.contracts.errors import BackendFailure, Overloaded
 from workers.admission import WorkAdmission
 
 logger = logging.getLogger(__name__)

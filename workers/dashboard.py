@@ -18,7 +18,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from orchestrator.errors import NotFound, error_body
+from orchestrator.contracts.errors import NotFound, error_body
 
 # Beside this module; pyproject's package-data ships the folder with the ``workers`` package.
 ASSET_DIR = Path(__file__).resolve().parent / "dashboard_assets"

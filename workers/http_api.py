@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestrator.errors import (
+from orchestrator.contracts.errors import (
     EmptyInput,
     MalformedRequest,
     NotFound,
@@ -33,7 +33,7 @@ from orchestrator.errors import (
     ValidationFailed,
     error_body,
 )
-from orchestrator.forwarding import BoundedBody
+from orchestrator.contracts.forwarding import BoundedBody
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
 from workers.dashboard import register_dashboard
 from workers.service import EmbeddingService, EmbedResult

@@ -1,5 +1,5 @@
-"""The replica's end of the direct lane (``orchestrator/lane_protocol.py``): answer framed HTTP requests with the
-replica's own ASGI app.
+"""The replica's end of the direct lane (``orchestrator/contracts/lane_protocol.py``): answer framed HTTP requests
+with the replica's own ASGI app.
 
 One asyncio server per replica, on the replica's event loop, on an ephemeral port. Each connection must open with a
 HELLO carrying the lane token (compared in constant time); anything else closes it, and until then only a small HELLO
@@ -19,9 +19,9 @@ import logging
 import socket
 from collections.abc import Callable
 
-from orchestrator.errors import HeadersTooLarge, MalformedRequest, OrchestratorError, PayloadTooLarge
-from orchestrator.forwarding import error_response
-from orchestrator.lane_protocol import (
+from orchestrator.contracts.errors import HeadersTooLarge, MalformedRequest, OrchestratorError, PayloadTooLarge
+from orchestrator.contracts.forwarding import error_response
+from orchestrator.contracts.lane_protocol import (
     CANCEL,
     HELLO,
     PING,

@@ -18,8 +18,8 @@ from typing import Any
 
 from ray import serve
 
-from orchestrator.errors import Unhealthy
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse
+from orchestrator.contracts.errors import Unhealthy
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.metrics_hub import find_hub
 from orchestrator.planner import Plan, PlannedInstance
 from workers.asgi_bridge import call_asgi

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.errors import DeadlineExceeded, ValidationFailed
+from orchestrator.contracts.errors import DeadlineExceeded, ValidationFailed
 from workers.backend import BackendInfo
 from workers.batcher import Batcher
 from workers.instance_metrics import InstanceMetrics

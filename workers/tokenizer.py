@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from orchestrator.errors import InputTooLong, ValidationFailed
+from orchestrator.contracts.errors import InputTooLong, ValidationFailed
 
 _PROBE_TEXT = "a"
 

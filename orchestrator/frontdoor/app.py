@@ -25,14 +25,14 @@ from typing import Any
 
 import orjson
 
-from orchestrator.errors import (
+from orchestrator.contracts.errors import (
     ClientTooSlow,
     DeadlineExceeded,
     OrchestratorError,
     PayloadTooLarge,
     ServiceUnavailable,
 )
-from orchestrator.forwarding import (
+from orchestrator.contracts.forwarding import (
     BoundedBody,
     ForwardedRequest,
     ForwardedResponse,

@@ -29,8 +29,14 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from orchestrator.errors import ClientTooSlow, HeadersTooLarge, MalformedHttp, OrchestratorError, TooManyConnections
-from orchestrator.forwarding import error_response
+from orchestrator.contracts.errors import (
+    ClientTooSlow,
+    HeadersTooLarge,
+    MalformedHttp,
+    OrchestratorError,
+    TooManyConnections,
+)
+from orchestrator.contracts.forwarding import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
 from orchestrator.frontdoor.readiness import InstanceCount
 
 logger = logging.getLogger(__name__)

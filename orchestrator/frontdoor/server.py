@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from orchestrator.config import LoadedConfig
-from orchestrator.errors import OrchestratorError
+from orchestrator.contracts.errors import OrchestratorError
 from orchestrator.frontdoor.app import FrontDoor
 from orchestrator.frontdoor.edge import EdgeLimits, protocol_factory, rate_limited_exception_handler
 

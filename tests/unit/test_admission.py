@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import Overloaded
+from orchestrator.contracts.errors import Overloaded
 from workers.admission import WorkAdmission, work_ahead
 
 

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from orchestrator.config import api_key_digest, parse_config
-from orchestrator.errors import ConfigError
+from orchestrator.contracts.errors import ConfigError
 from tests.fakes import fake_service
 from workers.http_api import build_app
 

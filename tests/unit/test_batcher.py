@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from orchestrator.errors import BackendFailure, Overloaded
+from orchestrator.contracts.errors import BackendFailure, Overloaded
 from tests.fakes import FakeBackend, ManualClock, fake_vector
 from workers.batcher import Batcher
 

@@ -24,7 +24,7 @@ from orchestrator.capabilities import (
 from orchestrator.cli import app
 from orchestrator.cluster_planner import plan_cluster
 from orchestrator.config import parse_config
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, installed_optional_packages
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
 from orchestrator.model_source import ModelFootprint

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.capabilities import Capabilities
 from orchestrator.cluster_planner import plan_cluster
 from orchestrator.config import parse_config
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware import cluster_probe
 from orchestrator.hardware.cluster_probe import (
     NodeTopology,
@@ -323,7 +323,7 @@ def test_each_node_gets_its_own_application_pinned_to_it(cluster: list[NodeTopol
     """What the deploy step makes of a cluster plan: one Serve application per node, its replicas held to that node
     by Ray's node-id label, and a front door spreading requests over the nodes by capacity."""
     from orchestrator.deploy import NODE_ID_LABEL, actor_options, app_name_for, open_forwarder
-    from orchestrator.forwarding import NodeSpreadForwarder
+    from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
 
     placement = plan_cluster(config("1g.20gb", "3g.40gb", "3g.40gb", "2g.20gb"), cluster, MINILM)
     nodes = ("id-10.0.0.1", "id-10.0.0.2")

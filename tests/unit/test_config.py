@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator.config import load_config, parse_config
-from orchestrator.errors import ConfigError
+from orchestrator.contracts.errors import ConfigError
 from tests.conftest import REPO, SEED_CONFIG
 
 

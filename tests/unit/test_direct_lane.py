@@ -13,9 +13,8 @@ import orjson
 import pytest
 
 from orchestrator.balancer import Weights
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
-from orchestrator.frontdoor.lanes import DirectForwarder, Heartbeat, LaneEndpoint
-from orchestrator.lane_protocol import (
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.contracts.lane_protocol import (
     CANCEL,
     HELLO,
     MAX_HELLO_META_BYTES,
@@ -32,6 +31,7 @@ from orchestrator.lane_protocol import (
     response_frame,
     response_from,
 )
+from orchestrator.frontdoor.lanes import DirectForwarder, Heartbeat, LaneEndpoint
 from orchestrator.metrics_hub import MetricsHub
 from workers.lane_server import LaneServer
 

@@ -6,8 +6,8 @@ import pytest
 
 from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
+from orchestrator.contracts.errors import PlanError
 from orchestrator.deploy import actor_options
-from orchestrator.errors import PlanError
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.mig_layout import plan_layout
 from orchestrator.mig_planner import capacity_for_sms

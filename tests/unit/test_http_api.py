@@ -333,7 +333,7 @@ async def test_an_abandoned_request_leaves_the_in_flight_count(minilm_folder: Pa
     """Issue 14, finding 9: a cancelled request (CancelledError) was never counted as finished."""
     import asyncio
 
-    from orchestrator.forwarding import ForwardedRequest
+    from orchestrator.contracts.forwarding import ForwardedRequest
     from workers.asgi_bridge import call_asgi
 
     backend = FakeBackend()

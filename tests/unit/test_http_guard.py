@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.frontdoor.app import FrontDoor
 from orchestrator.frontdoor.edge import EdgeLimits, RateLimitedLog
 from orchestrator.frontdoor.server import FrontDoorServer

@@ -5,11 +5,12 @@
   config, planning and the CLI load in milliseconds and test without a cluster.
 * The control plane (``orchestrator``) reaches into the worker side (``workers``) only from its composition roots:
   ``deploy`` (the replica class it deploys) and ``cli`` (the ``export`` command and ``up``'s export step).
-* The worker side imports from ``orchestrator`` only leaf modules (they import nothing of the project: ``errors``,
-  ``capabilities``), what crosses the process boundary (the forwarded request and the lane's frames, metric names,
-  the plan) and the few control-plane modules listed below, which the house redesign (issue 15) moves into a shared
-  leaf package; the list may shrink, never grow.
-* ``orchestrator.errors`` and ``orchestrator.capabilities`` are leaves.
+* The worker side imports from ``orchestrator`` only ``orchestrator.contracts`` (what crosses the process boundary:
+  errors, the forwarded request, the lane's frames), leaf modules (``capabilities``) and the few control-plane
+  modules listed below (metric names, the plan, ...), which the house redesign (issue 15) moves into
+  ``contracts``; the list may shrink, never grow.
+* ``orchestrator.contracts`` and ``orchestrator.capabilities`` are leaves: they import nothing of the project
+  outside ``contracts``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ HEAVY_AT_MODULE_LEVEL = {
     "fastapi": {"workers.http_api", "workers.dashboard"},
 }
 CONTROL_TO_WORKERS = {"orchestrator.cli", "orchestrator.deploy"}
+CONTRACTS = "orchestrator.contracts"
 WORKERS_TO_CONTROL = {
-    "orchestrator.forwarding",
-    "orchestrator.lane_protocol",
     "orchestrator.metrics",
     "orchestrator.planner",
     "orchestrator.engine_choice",
@@ -84,11 +84,18 @@ def test_imports_between_the_control_plane_and_the_workers_point_one_way() -> No
             if name.startswith("workers") and imported.startswith("orchestrator"):
                 crossing_in.add(imported)
     assert crossing_out <= CONTROL_TO_WORKERS, f"control plane importing workers: {crossing_out - CONTROL_TO_WORKERS}"
-    unexpected = crossing_in - WORKERS_TO_CONTROL - leaves
+    contracts = {name for name in crossing_in if name == CONTRACTS or name.startswith(CONTRACTS + ".")}
+    unexpected = crossing_in - WORKERS_TO_CONTROL - leaves - contracts
     assert not unexpected, f"workers importing control-plane modules: {unexpected}"
 
 
-def test_the_error_hierarchy_and_the_capabilities_are_leaves() -> None:
+def test_the_contracts_and_the_capabilities_are_leaves() -> None:
+    """What both sides share imports nothing of either side (only other contracts)."""
     trees = dict(modules())
-    for leaf in ("orchestrator.errors", "orchestrator.capabilities"):
-        assert [name for name in imports(trees[leaf], False) if project_import(name)] == [], leaf
+    shared = [name for name in trees if name.startswith(CONTRACTS)] + ["orchestrator.capabilities"]
+    assert "orchestrator.contracts.errors" in shared
+    for leaf in shared:
+        outside = [
+            name for name in imports(trees[leaf], False) if project_import(name) and not name.startswith(CONTRACTS)
+        ]
+        assert outside == [], f"{leaf} imports {outside}"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo
 from orchestrator.mig_layout import fit_placements, plan_layout
 from tests.unit.test_mig_planner import A100_40GB, SEVEN_1G, a100, config, topo

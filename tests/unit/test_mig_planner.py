@@ -6,7 +6,7 @@ import pytest
 
 from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, MigProfile, MigSlice, Topology
 from orchestrator.mig_planner import capacity_for_sms
 from orchestrator.model_source import ModelFootprint

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, NodeSpreadForwarder
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
+from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
 
 REQUEST = ForwardedRequest("POST", "/embed", b"", (), b"{}")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from orchestrator.config import parse_config
+from orchestrator.contracts.errors import PlanError
 from orchestrator.engine_choice import EngineChoiceError, choose_backend
-from orchestrator.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import measure_footprint
 from orchestrator.planner import plan

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.config import parse_config
-from orchestrator.errors import PlanError
+from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.planner import REQUESTS_PER_THREAD, plan
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import InputTooLong
+from orchestrator.contracts.errors import InputTooLong
 from tests.corpus import sentences
 from workers.tokenizer import MAX_CHARS_PER_TOKEN, TextTokenizer, chars_per_token
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator.forwarding import ForwardedRequest, ForwardedResponse, Headers
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, Headers
 
 HEADER = struct.Struct("!IBII")
 HELLO, REQUEST, RESPONSE, CANCEL, PING, PONG = 1, 2, 3, 4, 5, 6

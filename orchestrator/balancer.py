@@ -15,7 +15,7 @@ Two more policies live here so that every routing decision is in one place and t
 (which node of a cluster gets the next request when Serve routes inside each node).
 
 Nothing here imports Ray. The front door's ``orchestrator/frontdoor/lanes.py`` feeds these functions (direct
-lanes, the default), ``orchestrator/frontdoor/node_spread.py`` spreads over nodes and ``orchestrator/router.py``
+lanes, the default), ``orchestrator/frontdoor/node_spread.py`` spreads over nodes and ``orchestrator/serving/router.py``
 ranks from Serve's routing path (``server.transport: serve``).
 """
 

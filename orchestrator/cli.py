@@ -24,10 +24,10 @@ from rich.table import Table
 from orchestrator import capabilities
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
-from orchestrator.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
 from orchestrator.hardware.probe import probe_topology
-from orchestrator.planner import Plan, PlannedInstance, plan
-from orchestrator.ray_access import RayAccessError
+from orchestrator.planning.planner import Plan, PlannedInstance, plan
+from orchestrator.serving.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
+from orchestrator.serving.ray_access import RayAccessError
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
@@ -123,8 +123,8 @@ def _plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
 
 def _plan_on_cluster(loaded: LoadedConfig) -> Plan:
     """With ``ray.address``: probe every node (one Ray task each), print them, and plan over all of them."""
-    from orchestrator.cluster_planner import plan_cluster
     from orchestrator.hardware.cluster_probe import describe_node, discover_nodes, node_names
+    from orchestrator.planning.cluster_planner import plan_cluster
 
     nodes, warnings = discover_nodes()
     for warning in warnings:
@@ -160,7 +160,7 @@ def plan_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
         placement, gpu_note = _plan_here(loaded)
         _print_plan(loaded, placement, gpu_note)
         return
-    from orchestrator import deploy
+    from orchestrator.serving import deploy
 
     try:
         with console.status(f"Joining the Ray cluster at {loaded.config.ray.address} to probe its nodes..."):
@@ -232,8 +232,8 @@ def up_command(
         _prepare_onnx_graph(config, loaded, placement)
     adopt_orphans()  # Ray's agents outlive a dead raylet: re-parented here, they are ended with us
     server = loaded.config.server
-    from orchestrator import deploy
     from orchestrator.frontdoor.server import front_door_server_for
+    from orchestrator.serving import deploy
 
     front = front_door_server_for(loaded)
     try:
@@ -297,8 +297,8 @@ def up_command(
 
 def _stop(front: FrontDoorServer) -> None:
     """Stop taking requests and finish those in flight, then stop Serve and Ray, and end any process left."""
-    from orchestrator import deploy
-    from orchestrator.quiet_shutdown import quiet_serve_shutdown
+    from orchestrator.serving import deploy
+    from orchestrator.serving.quiet_shutdown import quiet_serve_shutdown
 
     with quiet_serve_shutdown():
         try:

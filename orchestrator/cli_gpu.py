@@ -15,8 +15,8 @@ from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError, PlanError
 from orchestrator.doctor import run_checks
 from orchestrator.hardware.probe import probe_topology
-from orchestrator.mig_layout import LayoutPlan, plan_layout
-from orchestrator.ray_access import RayAccessError, cluster_access
+from orchestrator.planning.mig_layout import LayoutPlan, plan_layout
+from orchestrator.serving.ray_access import RayAccessError, cluster_access
 
 mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True)
 

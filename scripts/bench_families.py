@@ -95,7 +95,7 @@ def measure(folder: Path, backend_name: str, threads: int, texts: list[str], bat
     else:
         import torch
 
-        from orchestrator.engine_choice import choose_engine
+        from orchestrator.planning.engine_choice import choose_engine
         from workers.backend import TorchBackend
 
         torch.set_num_threads(threads)

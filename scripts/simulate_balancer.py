@@ -1,7 +1,7 @@
 """Balancer study: a seeded discrete-event simulation of routing over unequal MIG slices, no Ray.
 
-Drives the real ``orchestrator.balancer.rank`` (policy ``weighted``, fed as ``orchestrator/router.py`` feeds it: a
-stale reported load, a fresh outstanding count, capacity from the slice's SMs) and compares it with round-robin,
+Drives the real ``orchestrator.balancer.rank`` (policy ``weighted``, fed as ``orchestrator/serving/router.py`` feeds
+it: a stale reported load, a fresh outstanding count, capacity from the slice's SMs) and compares it with round-robin,
 random, power-of-two-choices and least-outstanding on an A100-40GB cut 3g + 2g + 1g + 1g, at 50, 80 and 95% of
 the GPU's capacity; it also sweeps the weighted policy's weights (load_weight 0..1, queue_weight = 1 - load_weight)
 at 80 and 95% and names the pair with the lowest p99. The model and its assumptions are in

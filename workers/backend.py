@@ -76,7 +76,7 @@ class TorchBackend:
         padding_side: str = "right",
         device_map: Mapping[str, int | str] | None = None,
     ) -> None:
-        """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/engine_choice.py).
+        """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/planning/engine_choice.py).
 
         With ``device_map`` (module name -> device, from ``workers/device_map.py``) the model is split over several
         devices instead of moved to ``device``: inputs go where the embeddings are, pooling runs where the last

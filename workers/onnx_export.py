@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from orchestrator.engine_choice import ONNX_FAMILIES
+from orchestrator.planning.engine_choice import ONNX_FAMILIES
 
 logger = logging.getLogger(__name__)
 

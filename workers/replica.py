@@ -20,8 +20,8 @@ from ray import serve
 
 from orchestrator.contracts.errors import Unhealthy
 from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
-from orchestrator.metrics_hub import find_hub
-from orchestrator.planner import Plan, PlannedInstance
+from orchestrator.planning.planner import Plan, PlannedInstance
+from orchestrator.serving.metrics_hub import find_hub
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
 from workers.lane_server import LaneServer
@@ -159,7 +159,7 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
             graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize, discard_sha256=graph.sha256)
             return backend_for(graph.path)
     from orchestrator.capabilities import detect
-    from orchestrator.engine_choice import choose_engine
+    from orchestrator.planning.engine_choice import choose_engine
     from workers.backend import TorchBackend
 
     # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
@@ -209,7 +209,7 @@ class EmbeddingReplica:
     # Serve awaits an async constructor on the replica's event loop: the replica is reported running only once its
     # lane listens and is registered, so the front door can connect as soon as Serve says it is up.
     async def __init__(self, spec: ReplicaSpec) -> None:
-        if spec.node_id is None:  # one machine: Ray is on loopback only (orchestrator/ray_access.py), so is Serve's
+        if spec.node_id is None:  # one machine: Ray is on loopback only (serving/ray_access.py), so is Serve's
             keep_serve_grpc_on_loopback()
         self._spec = spec
         self._rank = _current_rank()

@@ -3,7 +3,7 @@
 Ray Serve 2.60 starts a gRPC server in every replica (handle calls arrive there) and binds it to ``[::]:0``, every
 interface, whatever the node address is (``ray/serve/_private/replica.py``, ``_on_initialized``). Ray's token
 authentication guards it, but on one machine nothing of Ray should be reachable from the network at all
-(``orchestrator/ray_access.py`` puts every other Ray server on loopback). Handles reach a replica at its node's
+(``orchestrator/serving/ray_access.py`` puts every other Ray server on loopback). Handles reach a replica at its node's
 address, which is 127.0.0.1 in that mode, so binding the server there changes nothing for them.
 
 This replaces one name in Serve's replica module, in the replica's own process, before Serve starts that server (the

@@ -10,7 +10,7 @@ for itself:
   replica that never answers (504 after the request deadline plus a grace period);
 - **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;
 - **readiness**: ``/health`` gains ``instances_ready``/``instances_planned`` (``degraded`` while some are down) and
-  ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/control_plane.py``), and
+  ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/serving/control_plane.py``), and
   ``/metrics`` gains the front door's own series (retries, lost instances, ready instances).
 """
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from orchestrator.mig_planner import capacity_for_sms
+from orchestrator.planning.mig_planner import capacity_for_sms
 
 SMS_PER_1G_SLICE = 14
 

@@ -35,7 +35,7 @@ class PolicySpec:
 class Weighted:
     """Ours: the real ``orchestrator.balancer.rank`` over what the Serve router would see; its first choice wins.
 
-    Inputs as in ``orchestrator/router.py``: ``load`` is the replica's last report (stale), ``outstanding`` the
+    Inputs as in ``orchestrator/serving/router.py``: ``load`` is the replica's last report (stale), ``outstanding`` the
     router's fresh count (reservations are always 0 here: routing and sending are one instant), ``capacity`` the
     replica's metadata, ``capacity_for_sms`` of its slice.
     """

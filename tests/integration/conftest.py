@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.config import LoadedConfig, parse_config, resolve_config
 from orchestrator.hardware.topology import CpuTopology, Topology
-from orchestrator.planner import Plan, plan
+from orchestrator.planning.planner import Plan, plan
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,8 @@ def make_loaded(port: int, **sections: object) -> LoadedConfig:
 @pytest.fixture(scope="session")
 def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     """Start Ray + Serve once, deploy the 2-pool plan, yield (base URL, config, plan)."""
-    from orchestrator import deploy
     from orchestrator.frontdoor.server import front_door_server_for
+    from orchestrator.serving import deploy
 
     loaded = make_loaded(free_port())
     placement = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)

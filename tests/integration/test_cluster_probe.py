@@ -50,7 +50,7 @@ def probe_reporting_its_node(fail_unless_on: str | None = None, sleep_unless_on:
 def run_cluster(result_path: str) -> None:
     """Start a head and a worker node, run three discoveries, serve across both, shut everything down, write what
     was seen as JSON."""
-    from orchestrator.deploy import SERVE_ENV
+    from orchestrator.serving.deploy import SERVE_ENV
 
     os.environ.update(SERVE_ENV)  # as `orchestrator up` runs: set before Serve is imported
     import ray
@@ -101,10 +101,10 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
     import aiohttp
     import ray
 
-    from orchestrator import deploy
     from orchestrator.frontdoor.server import front_door_server_for
     from orchestrator.hardware.topology import CpuTopology, Topology
-    from orchestrator.planner import Plan, plan
+    from orchestrator.planning.planner import Plan, plan
+    from orchestrator.serving import deploy
     from tests.integration.conftest import free_port, make_loaded
 
     port = free_port()

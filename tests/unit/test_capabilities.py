@@ -22,13 +22,13 @@ from orchestrator.capabilities import (
     installed,
 )
 from orchestrator.cli import app
-from orchestrator.cluster_planner import plan_cluster
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, installed_optional_packages
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import plan
+from orchestrator.planning.cluster_planner import plan_cluster
+from orchestrator.planning.planner import plan
 from tests.conftest import REPO
 
 BERT = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4, model_type="bert")

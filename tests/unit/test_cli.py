@@ -184,7 +184,7 @@ def test_up_with_an_onnx_cache_that_cannot_work_fails_in_one_line_before_ray(tmp
 
 
 def test_a_replica_failure_is_reported_by_its_exception_not_serves_summary() -> None:
-    from orchestrator.deploy import failure_reason
+    from orchestrator.serving.deploy import failure_reason
 
     # Serve's deployment message when a replica's constructor raised (abridged from a real run, Ray 2.60).
     message = """The deployment failed to start 6 times in a row. This may be due to a problem with its constructor \

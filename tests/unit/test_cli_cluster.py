@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import deploy
 from orchestrator.cli import app
 from orchestrator.hardware import cluster_probe
 from orchestrator.hardware.cluster_probe import NodeTopology
+from orchestrator.serving import deploy
 from tests.fake_nvml import install_fake_nvml
 from tests.unit.test_cluster_plan import node
 

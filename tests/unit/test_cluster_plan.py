@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from orchestrator.capabilities import Capabilities
-from orchestrator.cluster_planner import plan_cluster
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware import cluster_probe
@@ -24,7 +23,8 @@ from orchestrator.hardware.cluster_probe import (
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import instances_by_node, plan
+from orchestrator.planning.cluster_planner import plan_cluster
+from orchestrator.planning.planner import instances_by_node, plan
 from tests.fake_nvml import install_fake_nvml, machine_of
 
 MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)
@@ -322,8 +322,8 @@ def test_discover_nodes_skips_failed_and_silent_nodes_with_one_line(monkeypatch:
 def test_each_node_gets_its_own_application_pinned_to_it(cluster: list[NodeTopology]) -> None:
     """What the deploy step makes of a cluster plan: one Serve application per node, its replicas held to that node
     by Ray's node-id label, and a front door spreading requests over the nodes by capacity."""
-    from orchestrator.deploy import NODE_ID_LABEL, actor_options, app_name_for, open_forwarder
     from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
+    from orchestrator.serving.deploy import NODE_ID_LABEL, actor_options, app_name_for, open_forwarder
 
     placement = plan_cluster(config("1g.20gb", "3g.40gb", "3g.40gb", "2g.20gb"), cluster, MINILM)
     nodes = ("id-10.0.0.1", "id-10.0.0.2")

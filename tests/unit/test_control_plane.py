@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 
-from orchestrator.control_plane import ControlPlaneWatch, descendants
+from orchestrator.serving.control_plane import ControlPlaneWatch, descendants
 from tests.conftest import REPO
 
 
@@ -55,7 +55,7 @@ def test_descendants_cover_the_whole_tree() -> None:
 SCRIPT = textwrap.dedent(
     """
     import os, subprocess, sys, time, threading
-    from orchestrator.control_plane import adopt_orphans, descendants, kill_descendants
+    from orchestrator.serving.control_plane import adopt_orphans, descendants, kill_descendants
     from orchestrator.cli import _stop_on_signals
     assert adopt_orphans()
     # A child that starts a grandchild and exits at once, as a raylet dying under its agents does.

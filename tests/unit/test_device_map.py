@@ -127,7 +127,7 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
     from orchestrator.capabilities import Capabilities
     from orchestrator.config import parse_config
     from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
-    from orchestrator.planner import plan
+    from orchestrator.planning.planner import plan
     from workers.model_card import read_model_card
     from workers.replica import ReplicaSpec, load_backend
 

@@ -32,7 +32,7 @@ from orchestrator.contracts.lane_protocol import (
     response_from,
 )
 from orchestrator.frontdoor.lanes import DirectForwarder, Heartbeat, LaneEndpoint
-from orchestrator.metrics_hub import MetricsHub
+from orchestrator.serving.metrics_hub import MetricsHub
 from workers.lane_server import LaneServer
 
 TOKEN = "lane-secret"

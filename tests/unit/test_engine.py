@@ -9,10 +9,10 @@ import pytest
 
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
-from orchestrator.engine_choice import EngineChoiceError, choose_engine, valid_tensor_parallel_sizes
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import measure_footprint
-from orchestrator.planner import plan
+from orchestrator.planning.engine_choice import EngineChoiceError, choose_engine, valid_tensor_parallel_sizes
+from orchestrator.planning.planner import plan
 from tests.tiny_models import QUERY_PROMPT, build_tiny_mpnet, build_tiny_qwen3
 from workers.backend import TorchBackend
 from workers.model_card import read_model_card

@@ -7,12 +7,12 @@ import pytest
 from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
-from orchestrator.deploy import actor_options
 from orchestrator.hardware.probe import probe_topology
-from orchestrator.mig_layout import plan_layout
-from orchestrator.mig_planner import capacity_for_sms
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import plan
+from orchestrator.planning.mig_layout import plan_layout
+from orchestrator.planning.mig_planner import capacity_for_sms
+from orchestrator.planning.planner import plan
+from orchestrator.serving.deploy import actor_options
 from tests.fake_nvml import install_fake_nvml, machine_of
 
 MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)

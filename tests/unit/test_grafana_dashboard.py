@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.frontdoor.app import FrontDoor, front_door_metric_names
 from orchestrator.metrics import HISTOGRAMS, PREFIX, metric_names, render_prometheus
-from orchestrator.metrics_hub import MetricsHub
+from orchestrator.serving.metrics_hub import MetricsHub
 from tests.fakes import ManualClock
 from workers.instance_metrics import InstanceMetrics
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from tests.conftest import REPO
 
 HEAVY_AT_MODULE_LEVEL = {
-    "ray": {"orchestrator.router", "workers.replica"},
+    "ray": {"orchestrator.serving.router", "workers.replica"},
     "torch": {"workers.pooling"},
     "pynvml": set(),
     "transformers": set(),
@@ -31,14 +31,14 @@ HEAVY_AT_MODULE_LEVEL = {
     "httptools": {"orchestrator.frontdoor.edge"},
     "fastapi": {"workers.http_api", "workers.dashboard"},
 }
-CONTROL_TO_WORKERS = {"orchestrator.cli", "orchestrator.deploy"}
+CONTROL_TO_WORKERS = {"orchestrator.cli", "orchestrator.serving.deploy"}
 CONTRACTS = "orchestrator.contracts"
 WORKERS_TO_CONTROL = {
     "orchestrator.metrics",
-    "orchestrator.planner",
-    "orchestrator.engine_choice",
+    "orchestrator.planning.planner",
+    "orchestrator.planning.engine_choice",
     "orchestrator.hardware.nvml_memory",
-    "orchestrator.metrics_hub",
+    "orchestrator.serving.metrics_hub",
 }
 
 

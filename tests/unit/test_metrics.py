@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.metrics import instances_view, metric_names, render_prometheus
-from orchestrator.metrics_hub import MetricsHub
+from orchestrator.serving.metrics_hub import MetricsHub
 from tests.fakes import ManualClock
 from workers.instance_metrics import InstanceMetrics
 

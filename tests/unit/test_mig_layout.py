@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo
-from orchestrator.mig_layout import fit_placements, plan_layout
+from orchestrator.planning.mig_layout import fit_placements, plan_layout
 from tests.unit.test_mig_planner import A100_40GB, SEVEN_1G, a100, config, topo
 
 TABLE = {p.name: p for p in A100_40GB}

@@ -8,9 +8,9 @@ from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, MigProfile, MigSlice, Topology
-from orchestrator.mig_planner import capacity_for_sms
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import plan
+from orchestrator.planning.mig_planner import capacity_for_sms
+from orchestrator.planning.planner import plan
 
 A100_40GB = (
     MigProfile("1g.5gb", 19, 1, 4864, 14, 7, (0, 1, 2, 3, 4, 5, 6), 1),

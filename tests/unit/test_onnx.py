@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
-from orchestrator.engine_choice import EngineChoiceError, choose_backend
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import measure_footprint
-from orchestrator.planner import plan
+from orchestrator.planning.engine_choice import EngineChoiceError, choose_backend
+from orchestrator.planning.planner import plan
 from tests.corpus import sentences
 from tests.tiny_models import build_tiny_mpnet, build_tiny_qwen3
 from workers import onnx_export

@@ -5,7 +5,7 @@ import pytest
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import CpuTopology, Topology
-from orchestrator.planner import REQUESTS_PER_THREAD, plan
+from orchestrator.planning.planner import REQUESTS_PER_THREAD, plan
 
 
 def config(instances: int, **sections: object):

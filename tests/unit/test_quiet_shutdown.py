@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from orchestrator.quiet_shutdown import is_shutdown_chatter, quiet_serve_shutdown
+from orchestrator.serving.quiet_shutdown import is_shutdown_chatter, quiet_serve_shutdown
 
 CHATTER = (
     "\x1b[33m(raylet)\x1b[0m Task ServeController.graceful_shutdown failed. There are infinite retries remaining, "

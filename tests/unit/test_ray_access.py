@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ray_access import RayAccessError, cluster_access, embedded_access
+from orchestrator.serving.ray_access import RayAccessError, cluster_access, embedded_access
 
 
 def test_embedded_ray_gets_a_fresh_token_loopback_binding_and_no_api_key() -> None:

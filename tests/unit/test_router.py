@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID
 
-from orchestrator.router import WeightedLoadRouter
+from orchestrator.serving.router import WeightedLoadRouter
 
 DEPLOYMENT = DeploymentID(name="EmbeddingReplica", app_name="embeddings")
 

@@ -11,7 +11,7 @@ from orchestrator.config import Config, InstanceConfig
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import GpuBinding, PlannedInstance, planned_instance
+from orchestrator.planning.planner import GpuBinding, PlannedInstance, planned_instance
 
 # Capacity (requests a replica is sized to hold) per streaming multiprocessor pair: a 1g slice of an A100 (14 SMs)
 # holds 7, a 3g slice (42 SMs) 21, so the balancer sends a 3g slice about three times the work of a 1g slice.

@@ -106,8 +106,9 @@ class PlannedInstance:
 class Plan:
     """The placement of every instance, and what could not be placed.
 
-    A cluster plan (``orchestrator/cluster_planner.py``) lists the instances of each node together, nodes in their
-    given order, so that one Serve deployment per node can hand its replica of rank r the r-th instance of its node.
+    A cluster plan (``orchestrator/planning/cluster_planner.py``) lists the instances of each node together, nodes
+    in their given order, so that one Serve deployment per node can hand its replica of rank r the r-th instance of
+    its node.
     """
 
     instances: tuple[PlannedInstance, ...]
@@ -242,7 +243,7 @@ def check_engine(
 
     Returns the instances with their backend set, and one line per device kind saying which backend and why.
     """
-    from orchestrator.engine_choice import (
+    from orchestrator.planning.engine_choice import (
         EngineChoiceError,
         check_device_map,
         check_tensor_parallel,
@@ -296,8 +297,8 @@ def plan(
 
     Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
     instances take CPU pools, ``gpu`` instances take ``gpus`` whole GPUs without MIG, and every other instance takes
-    a free MIG slice of its profile (see ``orchestrator/mig_planner.py``). ``capabilities`` are what imports where
-    the replicas will run (``capabilities.detect()`` for this machine; the default is a plain install). Raises
+    a free MIG slice of its profile (see ``orchestrator/planning/mig_planner.py``). ``capabilities`` are what imports
+    where the replicas will run (``capabilities.detect()`` for this machine; the default is a plain install). Raises
     PlanError, one line per problem, when the config cannot be placed.
     """
     if not topology.gpus:
@@ -307,7 +308,7 @@ def plan(
         planned, lines = check_engine(config, planned, footprint, capabilities)
         return Plan(instances=tuple(planned), device_kind="cpu", notes=tuple(notes), backend_lines=tuple(lines))
 
-    from orchestrator.mig_planner import plan_gpu_instances
+    from orchestrator.planning.mig_planner import plan_gpu_instances
 
     gpu_instances = [i for i in config.mig_instances if i.type != "cpu"]
     cpu_instances = [i for i in config.mig_instances if i.type == "cpu"]

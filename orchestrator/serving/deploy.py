@@ -22,8 +22,8 @@ from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import OrchestratorError
 from orchestrator.contracts.forwarding import NodeTransport, Transport
-from orchestrator.planner import Plan, instances_by_node
-from orchestrator.ray_access import cluster_access, embedded_access, refresh_ray_config
+from orchestrator.planning.planner import Plan, instances_by_node
+from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "embeddings"
 DEPLOYMENT_NAME = "EmbeddingReplica"
-ROUTER_CLASS = "orchestrator.router:WeightedLoadRouter"
+ROUTER_CLASS = "orchestrator.serving.router:WeightedLoadRouter"
 NODE_ID_LABEL = "ray.io/node-id"
 ESSENTIAL_RAY_PROCESSES = ("gcs_server", "raylet")  # without either, nothing can start or replace a replica
 SHUTDOWN_TIMEOUT_S = 30.0
@@ -150,7 +150,7 @@ def build_application(  # noqa: ANN201
 ):
     """The Serve application of one node (None: this machine): one deployment, one replica per planned instance on
     that node; with ``lane_token`` each replica opens a direct lane (the front door balances), without it Serve
-    handles route through our balancer (``orchestrator/router.py``)."""
+    handles route through our balancer (``orchestrator/serving/router.py``)."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -218,7 +218,7 @@ def deploy(
     """
     from ray import serve
 
-    from orchestrator.metrics_hub import start_hub
+    from orchestrator.serving.metrics_hub import start_hub
 
     lane_token = secrets.token_urlsafe(24) if loaded.config.server.transport == "direct" else None
     start_hub()  # before the replicas, which look it up when they start
@@ -286,7 +286,7 @@ def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights =
 
 def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Transport:
     from orchestrator.frontdoor.lanes import DirectForwarder, LaneEndpoint
-    from orchestrator.metrics_hub import find_hub
+    from orchestrator.serving.metrics_hub import find_hub
 
     hub = find_hub()
     if hub is None:

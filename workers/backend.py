@@ -102,6 +102,9 @@ class TorchBackend:
             )
             self._model.eval()
             device = str(self._model.get_input_embeddings().weight.device)
+        # An embedding pass never decodes further: without this, decoder models (Qwen3) build a key/value cache of
+        # every layer for every batch, memory that a 1g slice does not have to spare (gpu-audit B3).
+        self._model.config.use_cache = False
         self._pooling = pooling
         self._device = device
         self._padding_side = padding_side

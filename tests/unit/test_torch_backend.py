@@ -44,3 +44,16 @@ def test_vectors_match_sentence_transformers_alone_and_in_mixed_batches(minilm_f
     assert cosine(batched, expected).min() >= 0.99999
     assert cosine(alone, expected).min() >= 0.99999
     assert backend.info.dimensions == 384 and backend.info.dtype == "float32"
+
+
+def test_a_decoder_model_builds_no_key_value_cache(tmp_path: Path) -> None:
+    """gpu-audit B3: a Qwen3 forward pass kept every layer's keys and values for a decoding that never comes."""
+    from tests.tiny_models import build_tiny_qwen3
+    from workers.backend import TorchBackend
+
+    folder = build_tiny_qwen3(tmp_path / "qwen3")
+    backend = TorchBackend(folder, "lasttoken", padding_side="left")
+    caches: list[object] = []
+    backend._model.register_forward_hook(lambda _module, _inputs, output: caches.append(output.past_key_values))
+    vectors = backend.embed([[1, 2, 3, 4], [5, 6]])
+    assert vectors.shape[0] == 2 and caches == [None]

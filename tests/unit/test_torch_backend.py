@@ -57,3 +57,15 @@ def test_a_decoder_model_builds_no_key_value_cache(tmp_path: Path) -> None:
     backend._model.register_forward_hook(lambda _module, _inputs, output: caches.append(output.past_key_values))
     vectors = backend.embed([[1, 2, 3, 4], [5, 6]])
     assert vectors.shape[0] == 2 and caches == [None]
+
+
+def test_mean_pooling_of_float16_states_does_not_overflow() -> None:
+    """gpu-audit W8: 4,096 tokens of a 30.0 activation sum to 122,880, past float16's 65,504: the vector was inf."""
+    import torch
+
+    from workers.pooling import pool
+
+    hidden = torch.full((1, 4096, 8), 30.0, dtype=torch.float16)
+    mask = torch.ones((1, 4096), dtype=torch.long)
+    pooled = pool(hidden, mask, "mean")
+    assert torch.isfinite(pooled).all() and torch.allclose(pooled, torch.full((1, 8), 30.0))

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError, PlanError
-from orchestrator.doctor import run_checks
+from orchestrator.doctor import TORCH_MISSING, TORCH_NOT_CHECKED, run_checks
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.mig_layout import LayoutPlan, plan_layout
 from orchestrator.serving.ray_access import RayAccessError, cluster_access
@@ -84,7 +84,8 @@ def doctor_command() -> None:
     """Check the driver, MIG modes, processes holding GPUs and container settings; print each fix."""
     from orchestrator.cli import console
 
-    checks = run_checks(probe_topology(), os.environ)
+    topology = probe_topology()
+    checks = run_checks(topology, os.environ, _torch_cuda_build() if topology.gpus else TORCH_NOT_CHECKED)
     table = Table(title="orchestrator doctor", title_justify="left")
     for column in ("check", "result", "detail", "fix"):
         table.add_column(column)
@@ -94,6 +95,15 @@ def doctor_command() -> None:
     failed = sum(check.status == "fail" for check in checks)
     if failed:
         raise typer.Exit(1)
+
+
+def _torch_cuda_build() -> str | None:
+    """``torch.version.cuda`` (None for a CPU build), or TORCH_MISSING; imports torch, so only on a GPU machine."""
+    try:
+        import torch
+    except ImportError:
+        return TORCH_MISSING
+    return torch.version.cuda
 
 
 def ray_worker_command(address: str, extra: list[str]) -> list[str]:

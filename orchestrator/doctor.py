@@ -148,8 +148,51 @@ def _container_checks(environ: Mapping[str, str]) -> list[Check]:
     return checks
 
 
-def run_checks(topology: Topology, environ: Mapping[str, str]) -> list[Check]:
-    """All checks in the order a person would go through them."""
-    checks = _driver_checks(topology) + _gpu_checks(topology) + _container_checks(environ)
+TORCH_NOT_CHECKED = "not checked"
+TORCH_MISSING = "missing"
+TORCH_INSTALL_HINT = "see the README's 'On a GPU machine': install the torch build for your driver, then the project"
+
+
+def _cuda_version(number: int) -> tuple[int, int]:
+    """NVML's CUDA version integer (12040) as (major, minor): (12, 4)."""
+    return number // 1000, (number % 1000) // 10
+
+
+def torch_checks(topology: Topology, torch_cuda: str | None) -> list[Check]:
+    """Can this torch use this driver's GPUs? ``torch_cuda`` is ``torch.version.cuda`` (None: a CPU build), or
+    ``TORCH_MISSING``. The torch 2.13 wheel from the package index is a CUDA 13 build, which needs an R580+ driver:
+    on an older driver every GPU replica fails with "CUDA is not available" while the driver checks pass
+    (gpu-audit B1). A build for a newer minor CUDA release than the driver's usually runs (CUDA's minor version
+    compatibility), hence a warning; a newer major release cannot."""
+    if not topology.gpus or torch_cuda == TORCH_NOT_CHECKED:
+        return []
+    if torch_cuda == TORCH_MISSING:
+        return [Check("torch for the GPUs", "fail", "torch is not installed", TORCH_INSTALL_HINT)]
+    if torch_cuda is None:
+        return [
+            Check("torch for the GPUs", "fail", "torch is a CPU build: GPU replicas cannot start", TORCH_INSTALL_HINT)
+        ]
+    if topology.cuda_driver_version is None:
+        return [
+            Check("torch for the GPUs", "warn", f"torch is built for CUDA {torch_cuda}; NVML did not say the driver's")
+        ]
+    driver = _cuda_version(topology.cuda_driver_version)
+    built = _version_tuple(torch_cuda)[:2]
+    versions = f"torch is built for CUDA {torch_cuda}, the driver {topology.driver_version or ''} supports CUDA"
+    detail = f"{versions} {driver[0]}.{driver[1]}".replace("  ", " ")
+    if built[0] > driver[0]:
+        fix = f"upgrade the driver (CUDA {built[0]} needs R580+ for 13.x, R525+ for 12.x) or {TORCH_INSTALL_HINT}"
+        return [Check("torch for the GPUs", "fail", detail, fix)]
+    if built > driver:
+        return [Check("torch for the GPUs", "warn", detail + " (minor version compatibility)", "")]
+    return [Check("torch for the GPUs", "pass", detail)]
+
+
+def run_checks(
+    topology: Topology, environ: Mapping[str, str], torch_cuda: str | None = TORCH_NOT_CHECKED
+) -> list[Check]:
+    """All checks in the order a person would go through them (``torch_cuda``: see ``torch_checks``)."""
+    checks = _driver_checks(topology) + torch_checks(topology, torch_cuda) + _gpu_checks(topology)
+    checks += _container_checks(environ)
     checks += [Check("probe warning", "warn", warning) for warning in topology.warnings]
     return checks

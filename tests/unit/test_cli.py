@@ -101,8 +101,9 @@ def test_doctor_exit_code_follows_failures(monkeypatch) -> None:
     monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(mig_enabled=False, mig_pending_enabled=True)))
     failing = runner.invoke(app, ["doctor"])
     assert failing.exit_code == 1 and "sudo nvidia-smi -r -i 0" in failing.output
-    healthy = dataclasses.replace(topo(a100()), driver_version="550.54.15")
+    healthy = dataclasses.replace(topo(a100()), driver_version="550.54.15", cuda_driver_version=12040)
     monkeypatch.setattr(cli_gpu, "probe_topology", lambda: healthy)
+    monkeypatch.setattr(cli_gpu, "_torch_cuda_build", lambda: "12.1")  # a GPU machine has a CUDA build of torch
     assert runner.invoke(app, ["doctor"]).exit_code == 0
 
 

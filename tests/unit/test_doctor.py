@@ -45,3 +45,35 @@ def test_container_without_mig_capability_and_devices() -> None:
 def test_mig_on_without_instances() -> None:
     checks = by_name(run_checks(topo(a100()), {}))
     assert "no GPU instance exists" in checks["GPU 0 (NVIDIA A100-SXM4-40GB) MIG mode"].detail
+
+
+def test_torch_is_checked_against_the_drivers_cuda_version() -> None:
+    """gpu-audit B1: the torch 2.13 wheel is a CUDA 13 build; on an R550 driver (CUDA 12.4) every GPU replica would
+    fail with "CUDA is not available" while the driver checks passed."""
+    topology = dataclasses.replace(topo(a100(layout=SEVEN_1G)), driver_version="550.54.15", cuda_driver_version=12040)
+    torch = by_name(run_checks(topology, {}, "13.0"))["torch for the GPUs"]
+    assert torch.status == "fail" and "torch is built for CUDA 13.0, the driver 550.54.15 supports CUDA 12.4" in (
+        torch.detail
+    )
+    assert "R580+" in torch.fix and "On a GPU machine" in torch.fix
+    assert by_name(run_checks(topology, {}, "12.6"))["torch for the GPUs"].status == "warn"
+    assert by_name(run_checks(topology, {}, "12.1"))["torch for the GPUs"].status == "pass"
+    cpu_build = by_name(run_checks(topology, {}, None))["torch for the GPUs"]
+    assert cpu_build.status == "fail" and "CPU build" in cpu_build.detail
+    assert "torch for the GPUs" not in by_name(run_checks(topology, {}))  # not asked: nothing said
+    no_gpu = Topology(cpu=CpuTopology((0,)), gpu_note="No GPU found")
+    assert "torch for the GPUs" not in by_name(run_checks(no_gpu, {}, None))
+
+
+def test_doctor_on_a_gpu_machine_names_the_torch_build(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import orchestrator.cli_gpu
+    from orchestrator.cli import app
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "h100_80gb_mixed")  # CUDA 12.4 driver
+    monkeypatch.setattr(orchestrator.cli_gpu, "_torch_cuda_build", lambda: "13.0")
+    result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "250"})
+    assert result.exit_code == 1, result.output
+    assert "torch for the GPUs" in result.output and "CUDA 13.0" in result.output

@@ -5,7 +5,7 @@
   dashboard can join our series with ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` of the same slice.
 * ``instances_view``: the JSON of ``GET /instances``, shaped after the seed's ``collect_metrics``.
 
-Snapshots come from ``workers/instance_metrics.py`` through the metrics hub. Pure: no Ray here.
+Snapshots are ``contracts.snapshot.InstanceSnapshot``, as replicas push them to the metrics hub. Pure: no Ray here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from orchestrator.contracts.snapshot import InstanceSnapshot
 
 PREFIX = "orchestrator"
 LABELS = ("instance", "model", "node", "device_kind", "gpu", "UUID", "GPU_I_ID", "GPU_I_PROFILE")
@@ -60,7 +62,7 @@ class InstanceReport:
     """One instance as the hub knows it: identity labels, its latest snapshot, its rates, its age."""
 
     labels: dict[str, str]
-    snapshot: dict[str, Any]
+    snapshot: InstanceSnapshot
     rates: dict[str, float]
     age_s: float
 

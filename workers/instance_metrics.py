@@ -1,8 +1,8 @@
 """Per-instance counters and histograms, kept in the replica and shipped as plain snapshots.
 
 Pure Python (no Ray, no prometheus_client): the replica records into it on its event loop and pushes
-``snapshot()`` to the metrics hub; ``orchestrator/metrics.py`` turns snapshots of all instances into Prometheus
-text and the ``/instances`` view. Counters and histogram buckets are cumulative, as Prometheus expects.
+``snapshot()``, a ``contracts.snapshot.InstanceSnapshot``. Counters and histogram buckets are cumulative, as
+Prometheus expects.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from orchestrator.contracts.snapshot import HistogramSnapshot, InstanceSnapshot
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -36,7 +37,7 @@ class Histogram:
         self.total += value
         self.count += 1
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HistogramSnapshot:
         return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.total, "count": self.count}
 
 
@@ -93,7 +94,7 @@ class InstanceMetrics:
         self.batch_s.observe(seconds)
         self.padded_tokens += padded_tokens
 
-    def snapshot(self, **gauges: float | int | None) -> dict[str, Any]:
+    def snapshot(self, **gauges: float | int | None) -> InstanceSnapshot:
         """A JSON-able snapshot; ``gauges`` adds point-in-time values (load, queue length, memory)."""
         return {
             "time": self._clock(),

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 
 from orchestrator.contracts.errors import Unhealthy
 from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.contracts.plan import Plan, PlannedInstance
-from orchestrator.serving.metrics_hub import find_hub
+from orchestrator.contracts.snapshot import HUB_NAME, HUB_NAMESPACE, LaneAddress
 from workers.asgi_bridge import call_asgi
 from workers.http_api import build_app
 from workers.lane_server import LaneServer
@@ -56,6 +57,14 @@ class ReplicaSpec:
     open_endpoints: tuple[str, ...] = ("health", "metrics")
     request_timeout_s: float | None = 60.0
     lane_token: str | None = None  # set: open a direct lane for the front door (transport "direct")
+
+
+def _find_hub() -> Any | None:
+    """The metrics hub actor that ``up`` started, or None (this instance then reports to no one)."""
+    try:
+        return ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE)
+    except ValueError:
+        return None
 
 
 def _current_rank() -> int:
@@ -215,7 +224,7 @@ class EmbeddingReplica:
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)
         self._service = build_instance_service(spec, self._instance)
-        self._hub = find_hub()
+        self._hub = _find_hub()
         self._push_task: asyncio.Task[None] | None = None
         self._app = build_app(
             self._service,
@@ -224,7 +233,7 @@ class EmbeddingReplica:
             open_endpoints=spec.open_endpoints,
         )
         self._lane_server: LaneServer | None = None
-        self._lane: dict[str, Any] | None = None
+        self._lane: LaneAddress | None = None
         if spec.lane_token is not None:
             await self._open_lane(spec.lane_token)
         self._ensure_pushing()

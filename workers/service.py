@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.contracts.errors import DeadlineExceeded, ValidationFailed
+from orchestrator.contracts.snapshot import InstanceSnapshot
 from workers.backend import BackendInfo
 from workers.batcher import Batcher
 from workers.instance_metrics import InstanceMetrics
@@ -113,7 +114,7 @@ class EmbeddingService:
             known = ", ".join(sorted(self.info.prompts)) or "none (add model.prompts to the config)"
             raise ValidationFailed(f"prompt_name {name!r} is not defined for this model; defined: {known}") from None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> InstanceSnapshot:
         """Counters, histograms and the gauges of this instance now (for the metrics hub)."""
         stats = self.batcher.stats()
         used, total = self._memory_probe()

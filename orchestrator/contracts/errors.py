@@ -143,6 +143,30 @@ class ServiceUnavailable(OrchestratorError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class InstanceLost(ServiceUnavailable):
+    """The replica handling a request died or became unreachable before answering (safe to retry elsewhere)."""
+
+    error_type = "InstanceLost"
+
+
+class NoInstance(ServiceUnavailable):
+    """No replica is running (yet) to take the request."""
+
+    error_type = "NoInstance"
+
+
+class DeployError(OrchestratorError):
+    """Ray or Serve could not start the service (CLI exit code 1)."""
+
+    error_type = "Deploy"
+
+
+class PortBusy(OrchestratorError):
+    """The configured host:port cannot be listened on (CLI exit code 1)."""
+
+    error_type = "PortBusy"
+
+
 class HeadersTooLarge(OrchestratorError):
     """The request line and headers exceed ``server.max_header_bytes`` (answered before the request is read)."""
 

@@ -68,14 +68,6 @@ class BoundedBody:
         return b"".join(self._chunks)
 
 
-class InstanceLost(Exception):
-    """The replica handling the request died or became unreachable before answering (safe to retry elsewhere)."""
-
-
-class NoInstance(Exception):
-    """No replica is running (yet) to take the request."""
-
-
 Forwarder = Callable[[ForwardedRequest], Awaitable[ForwardedResponse]]
 """Sends one request to one replica chosen by the balancer; raises InstanceLost or NoInstance."""
 

@@ -28,6 +28,8 @@ import orjson
 from orchestrator.contracts.errors import (
     ClientTooSlow,
     DeadlineExceeded,
+    InstanceLost,
+    NoInstance,
     OrchestratorError,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -37,8 +39,6 @@ from orchestrator.contracts.forwarding import (
     ForwardedRequest,
     ForwardedResponse,
     Forwarder,
-    InstanceLost,
-    NoInstance,
     error_response,
 )
 

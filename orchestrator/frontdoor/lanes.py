@@ -21,12 +21,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from orchestrator.balancer import InstanceLoad, Weights, choose, faded_load
-from orchestrator.contracts.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
+from orchestrator.contracts.errors import (
+    HeadersTooLarge,
+    InstanceLost,
+    NoInstance,
+    OrchestratorError,
+    PayloadTooLarge,
+)
 from orchestrator.contracts.forwarding import (
     ForwardedRequest,
     ForwardedResponse,
-    InstanceLost,
-    NoInstance,
     error_response,
 )
 from orchestrator.contracts.lane_protocol import (

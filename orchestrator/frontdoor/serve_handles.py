@@ -12,7 +12,8 @@ import logging
 import threading
 from typing import Any
 
-from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.contracts.errors import InstanceLost, NoInstance
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.frontdoor.readiness import InstanceCount
 
 logger = logging.getLogger(__name__)

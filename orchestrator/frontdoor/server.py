@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from orchestrator.config import LoadedConfig
-from orchestrator.contracts.errors import OrchestratorError
+from orchestrator.contracts.errors import PortBusy
 from orchestrator.frontdoor.app import FrontDoor
 from orchestrator.frontdoor.edge import EdgeLimits, protocol_factory, rate_limited_exception_handler
 
@@ -26,12 +26,6 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 DEFAULT_LIMITS = EdgeLimits(max_header_bytes=32 * 1024, client_timeout_s=15.0, max_connections=4096)
 FILE_DESCRIPTOR_RESERVE = 256
-
-
-class PortBusy(OrchestratorError):
-    """The configured host:port cannot be listened on."""
-
-    error_type = "PortBusy"
 
 
 class FrontDoorServer:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
-from orchestrator.contracts.errors import OrchestratorError
+from orchestrator.contracts.errors import DeployError
 from orchestrator.contracts.forwarding import NodeTransport, Transport
 from orchestrator.contracts.plan import Plan, instances_by_node
 from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
@@ -41,12 +41,6 @@ SERVE_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
 }
-
-
-class DeployError(OrchestratorError):
-    """Ray or Serve could not start the service."""
-
-    error_type = "Deploy"
 
 
 @dataclass(frozen=True)

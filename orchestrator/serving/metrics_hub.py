@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.contracts.snapshot import HUB_NAME, HUB_NAMESPACE, InstanceSnapshot, LaneAddress
 from orchestrator.metrics import InstanceReport
 
-HUB_NAME = "metrics-hub"
-NAMESPACE = "mig-orchestrator"
-RATE_KEYS = {"embeddings": "embeddings_per_second", "tokens": "tokens_per_second"}
+RATE_KEYS = {"embeddings": "embeddings_per_second", "tokens": "tokens_per_second"}  # counter -> its rate
 
 
 class MetricsHub:
@@ -27,12 +26,12 @@ class MetricsHub:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._latest: dict[str, tuple[dict[str, str], dict[str, Any], dict[str, float]]] = {}
+        self._latest: dict[str, tuple[dict[str, str], InstanceSnapshot, dict[str, float]]] = {}
         self._lanes: dict[str, dict[str, Any]] = {}
 
-    def push(self, labels: dict[str, str], snapshot: dict[str, Any], lane: dict[str, Any] | None = None) -> None:
+    def push(self, labels: dict[str, str], snapshot: InstanceSnapshot, lane: LaneAddress | None = None) -> None:
         """Store an instance's snapshot (rates come from the previous one of the same instance) and, when given,
-        where its replica's direct lane listens (``{"host", "port", "incarnation"}``)."""
+        where its replica's direct lane listens."""
         name = labels["instance"]
         if lane is not None:
             self._lanes[name] = {"instance": name, **lane}
@@ -75,15 +74,15 @@ def start_hub() -> Any:
 
     global _hub_handle
     actor = ray.remote(num_cpus=0, max_restarts=-1)(MetricsHub)
-    _hub_handle = actor.options(name=HUB_NAME, namespace=NAMESPACE, get_if_exists=True).remote()
+    _hub_handle = actor.options(name=HUB_NAME, namespace=HUB_NAMESPACE, get_if_exists=True).remote()
     return _hub_handle
 
 
 def find_hub() -> Any | None:
-    """The running hub actor, or None (metrics then show only the answering instance)."""
+    """The running hub actor, or None (the front door then shows no instance's series)."""
     import ray
 
     try:
-        return ray.get_actor(HUB_NAME, namespace=NAMESPACE)
+        return ray.get_actor(HUB_NAME, namespace=HUB_NAMESPACE)
     except ValueError:
         return None

@@ -61,7 +61,7 @@ def test_up_refuses_a_busy_port_in_one_line_before_starting_ray() -> None:
 def test_mig_plan_dry_run_then_apply(tmp_path: Path, monkeypatch) -> None:
     import subprocess
 
-    import orchestrator.cli_gpu as cli_gpu
+    import orchestrator.cli.gpu as cli_gpu
     from tests.unit.test_mig_planner import SEVEN_1G, a100, topo
 
     monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(layout=SEVEN_1G)))
@@ -95,7 +95,7 @@ def test_mig_plan_dry_run_then_apply(tmp_path: Path, monkeypatch) -> None:
 def test_doctor_exit_code_follows_failures(monkeypatch) -> None:
     import dataclasses
 
-    import orchestrator.cli_gpu as cli_gpu
+    import orchestrator.cli.gpu as cli_gpu
     from tests.unit.test_mig_planner import a100, topo
 
     monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(mig_enabled=False, mig_pending_enabled=True)))
@@ -159,7 +159,7 @@ def test_worker_without_the_clusters_token_is_refused_with_the_fix(monkeypatch, 
 
 
 def test_status_readiness_line_from_health() -> None:
-    from orchestrator.cli_status import readiness_line
+    from orchestrator.cli.status import readiness_line
 
     assert readiness_line({"status": "degraded", "instances_ready": 1, "instances_planned": 2}) == (
         "instances ready 1/2 (degraded)"

@@ -85,10 +85,10 @@ def test_up_plans_once_over_the_cluster_not_first_on_the_head(
     monkeypatch.setattr(deploy, "start_ray", lambda loaded, num_cpus=None: calls.append("join") or ())
     monkeypatch.setattr(deploy, "deploy", stop_after_planning)
     monkeypatch.setattr(deploy, "shutdown", lambda *a, **k: calls.append("shutdown"))
-    import orchestrator.cli
+    import orchestrator.steps
 
     # `up` ends every process it started when it stops: here that would be this test run's own children.
-    monkeypatch.setattr(orchestrator.cli, "kill_descendants", lambda: 0)
+    monkeypatch.setattr(orchestrator.steps, "kill_descendants", lambda: 0)
     result = runner.invoke(app, ["up", "--config", str(config_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 1, result.output
     assert "stopped by the test after planning" in result.output

@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, subprocess, sys, time, threading
     from orchestrator.serving.control_plane import adopt_orphans, descendants, kill_descendants
-    from orchestrator.cli import _stop_on_signals
+    from orchestrator.cli.serve import _stop_on_signals
     assert adopt_orphans()
     # A child that starts a grandchild and exits at once, as a raylet dying under its agents does.
     subprocess.run(["sh", "-c", "sleep 60 > /dev/null 2>&1 &"], check=True)

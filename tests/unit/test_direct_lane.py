@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from orchestrator.balancer import Weights
-from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.contracts.errors import InstanceLost, NoInstance
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.contracts.lane_protocol import (
     CANCEL,
     HELLO,

@@ -68,12 +68,12 @@ def test_torch_is_checked_against_the_drivers_cuda_version() -> None:
 def test_doctor_on_a_gpu_machine_names_the_torch_build(monkeypatch) -> None:
     from typer.testing import CliRunner
 
-    import orchestrator.cli_gpu
+    import orchestrator.cli.gpu
     from orchestrator.cli import app
     from tests.fake_nvml import install_fake_nvml
 
     install_fake_nvml(monkeypatch, "h100_80gb_mixed")  # CUDA 12.4 driver
-    monkeypatch.setattr(orchestrator.cli_gpu, "_torch_cuda_build", lambda: "13.0")
+    monkeypatch.setattr(orchestrator.cli.gpu, "_torch_cuda_build", lambda: "13.0")
     result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "250"})
     assert result.exit_code == 1, result.output
     assert "torch for the GPUs" in result.output and "CUDA 13.0" in result.output

@@ -11,7 +11,8 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse, InstanceLost, NoInstance
+from orchestrator.contracts.errors import InstanceLost, NoInstance
+from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
 from orchestrator.frontdoor.app import FrontDoor
 from tests.fakes import fake_service
 from workers.asgi_bridge import call_asgi

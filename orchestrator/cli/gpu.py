@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from orchestrator.cli.output import console, fail
 from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError, PlanError
 from orchestrator.doctor import TORCH_MISSING, TORCH_NOT_CHECKED, run_checks
@@ -29,8 +30,6 @@ def run_command(command: str) -> subprocess.CompletedProcess[str]:
 
 
 def _print_layout(layout: LayoutPlan) -> None:
-    from orchestrator.cli import console
-
     for gpu_layout in layout.gpus:
         gpu = gpu_layout.gpu
         names = ", ".join(p.name for p in gpu_layout.profiles)
@@ -50,13 +49,11 @@ def mig_plan_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before destroying instances.")] = False,
 ) -> None:
     """Print the nvidia-smi commands that create the config's MIG layout; run them with --apply."""
-    from orchestrator.cli import _fail, console
-
     try:
         loaded = load_config(config)
         layout = plan_layout(loaded.config, probe_topology())
     except (ConfigError, PlanError) as error:
-        raise _fail(error.message, 2) from None
+        raise fail(error.message, 2) from None
     _print_layout(layout)
     if not layout.commands:
         console.print("Nothing to do: every GPU already has the layout.")
@@ -65,7 +62,7 @@ def mig_plan_command(
         console.print("Dry run: nothing was changed. Run again with --apply (as root) to execute.")
         return
     if os.geteuid() != 0:
-        raise _fail("--apply needs root: run it with sudo", 1)
+        raise fail("--apply needs root: run it with sudo", 1)
     destroys = [d for g in layout.gpus for d in g.destroys]
     if destroys and not yes and not typer.confirm(f"Destroy {len(destroys)} existing MIG instance(s)?"):
         raise typer.Exit(1)
@@ -76,14 +73,12 @@ def mig_plan_command(
         if output:
             console.print(output)
         if result.returncode != 0:
-            raise _fail(f"'{command}' failed (exit {result.returncode}); nothing after it was run", 1)
+            raise fail(f"'{command}' failed (exit {result.returncode}); nothing after it was run", 1)
     console.print("[green]Done.[/green] Check with: orchestrator plan --config " + str(config))
 
 
 def doctor_command() -> None:
     """Check the driver, MIG modes, processes holding GPUs and container settings; print each fix."""
-    from orchestrator.cli import console
-
     topology = probe_topology()
     checks = run_checks(topology, os.environ, _torch_cuda_build() if topology.gpus else TORCH_NOT_CHECKED)
     table = Table(title="orchestrator doctor", title_justify="left")
@@ -125,7 +120,6 @@ def worker_command(
     """
     # Nothing else is needed for its slices to be used: `up` places each node's replicas with Ray's node-id label
     # and pins them to their slice by MIG UUID itself. The machine needs the same environment as the head.
-    from orchestrator.cli import _fail, console
     from orchestrator.hardware.cluster_probe import NodeTopology, describe_node
 
     topology = probe_topology()
@@ -143,7 +137,7 @@ def worker_command(
     try:
         access = cluster_access(os.environ)  # `ray start` joins only with the cluster's token (README)
     except RayAccessError as error:
-        raise _fail(error.message, 2) from None
+        raise fail(error.message, 2) from None
     for warning in access.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     command = ray_worker_command(address, list(ray_args or []))
@@ -154,6 +148,4 @@ def worker_command(
     try:
         os.execvp(command[0], command)  # replaces this process: Ctrl-C and exit codes are ray's own
     except OSError as error:
-        raise _fail(
-            f"could not run `ray start` ({error.strerror}): install ray[serve] in this environment", 1
-        ) from None
+        raise fail(f"could not run `ray start` ({error.strerror}): install ray[serve] in this environment", 1) from None

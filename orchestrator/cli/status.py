@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli.output import console, fail
 from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError
 
@@ -107,13 +108,11 @@ def status_command(
     interval_s: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
 ) -> None:
     """Show each instance's load, queue, latency, throughput, errors and memory (from GET /instances)."""
-    from orchestrator.cli import _fail, console
-
     if url is None:
         try:
             server = load_config(config).config.server
         except ConfigError as error:
-            raise _fail(error.message, 2) from None
+            raise fail(error.message, 2) from None
         url = f"http://{server.host}:{server.port}"
     url = url.rstrip("/")
 
@@ -123,7 +122,7 @@ def status_command(
             return status_table(view, url, fetch_health(url))
         except (OSError, ValueError, KeyError) as error:
             reason = getattr(error, "reason", error)
-            raise _fail(f"no orchestrator answers at {url} ({reason}): start it with orchestrator up", 1) from None
+            raise fail(f"no orchestrator answers at {url} ({reason}): start it with orchestrator up", 1) from None
 
     if not watch:
         console.print(render())

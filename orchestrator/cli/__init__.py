@@ -1,0 +1,30 @@
+"""The ``orchestrator`` command: one typer app with a verb per module (``serve``: up, plan, export; ``gpu``: mig plan,
+doctor, worker; ``status``). Exit codes: 2 means the config or plan is wrong (nothing was started), 1 means starting
+or running failed."""
+
+from __future__ import annotations
+
+import typer
+
+from orchestrator.cli.gpu import doctor_command, mig_app, worker_command
+from orchestrator.cli.serve import export_command, plan_command, up_command
+from orchestrator.cli.status import status_command
+
+app = typer.Typer(
+    help="Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("plan")(plan_command)
+app.command("up")(up_command)
+app.command("export")(export_command)
+app.add_typer(mig_app, name="mig")
+app.command("doctor")(doctor_command)
+app.command("worker")(worker_command)
+app.command("status")(status_command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,117 @@
+"""The steps ``up``, ``plan`` and ``export`` are made of, each a plain call that prints nothing and raises an
+``OrchestratorError`` whose message is the one line a user needs.
+
+``up`` is: load config -> probe hardware and plan (this machine, or every node once the cluster is joined) -> export
+the ONNX graph if the cache lacks it -> bind the port -> start Ray -> deploy -> attach the transport -> serve ->
+stop. The CLI (``orchestrator/cli/serve.py``) strings these together, shows progress and maps errors to exit codes;
+keeping the steps free of output is what lets ``plan`` run exactly the planning ``up`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import capabilities
+from orchestrator.config import LoadedConfig, load_config
+from orchestrator.contracts.errors import DeployError
+from orchestrator.contracts.plan import Plan
+from orchestrator.hardware.probe import probe_topology
+from orchestrator.planning.planner import plan
+from orchestrator.serving.control_plane import kill_descendants
+
+if TYPE_CHECKING:
+    from orchestrator.frontdoor.server import FrontDoorServer
+
+
+@dataclass(frozen=True)
+class ClusterPlan:
+    """A plan over every node of a joined cluster, with what the probe found on the way (to print)."""
+
+    plan: Plan
+    node_lines: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def load(config_path: Path, port: int | None = None) -> LoadedConfig:
+    """Read and validate the config (``port`` overrides ``server.port``); raises ConfigError."""
+    loaded = load_config(config_path)
+    if port is None:
+        return loaded
+    server = loaded.config.server.model_copy(update={"port": port})
+    return loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+
+
+def plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
+    """The placement on this machine's hardware, with the probe's note about GPUs (None when there is nothing to
+    say). A config with ``ray.address`` is planned over the cluster instead, once joined: ``plan_on_cluster``."""
+    topology = probe_topology()
+    return plan(loaded.config, topology, loaded.footprint, capabilities.detect()), topology.gpu_note
+
+
+def plan_on_cluster(loaded: LoadedConfig) -> ClusterPlan:
+    """Probe every node of the joined cluster (one Ray task each) and plan over all of them; raises PlanError."""
+    from orchestrator.hardware.cluster_probe import describe_node, discover_nodes, node_names
+    from orchestrator.planning.cluster_planner import plan_cluster
+
+    nodes, warnings = discover_nodes()
+    names = node_names(nodes)
+    lines = tuple(describe_node(node, names[node.node_id]) for node in nodes)
+    placement = plan_cluster(loaded.config, nodes, loaded.footprint, capabilities.detect())
+    return ClusterPlan(placement, lines, tuple(warnings))
+
+
+def onnx_export_needed(loaded: LoadedConfig, placement: Plan) -> bool:
+    """True when this machine's replicas need an ONNX graph the cache does not hold (valid) yet.
+
+    Exporting before Ray starts turns a cache that cannot work (a file in its place, a read-only or full disk) into a
+    one-line failure with the fix, instead of Serve's "Failed to update the deployments" after every replica tried
+    six times. On a cluster each node fills its own cache and a replica reports a failure with its reason.
+    """
+    if loaded.config.ray.address or not any(instance.backend == "onnx" for instance in placement.instances):
+        return False
+    from workers.onnx_export import cache_key, default_cache_dir, entry_is_valid
+
+    model = loaded.config.model
+    root = Path(model.onnx_cache_dir) if model.onnx_cache_dir else default_cache_dir()
+    return not entry_is_valid(root / cache_key(loaded.model_folder, model.quantize))
+
+
+def export_in_child(config_path: Path) -> str:
+    """Run ``orchestrator export`` in a child process (torch and the model never stay in this process's memory);
+    returns its last line, raises DeployError with the export's own one-line reason."""
+    command = [sys.executable, "-m", "orchestrator.cli", "export", "--config", str(config_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "COLUMNS": "500"})
+    if done.returncode != 0:
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
+        raise DeployError(reason.removeprefix("error: ") or f"the ONNX export failed (exit code {done.returncode})")
+    return (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def open_front_door(loaded: LoadedConfig) -> FrontDoorServer:
+    """Bind the port now, before Ray: a busy port fails in a second, and clients get 503 "starting" meanwhile."""
+    from orchestrator.frontdoor.server import front_door_server_for
+
+    front = front_door_server_for(loaded)
+    front.start()
+    return front
+
+
+def stop(front: FrontDoorServer) -> None:
+    """Stop taking requests and finish those in flight, then stop Serve and Ray, and end any process left."""
+    from orchestrator.serving import deploy
+    from orchestrator.serving.quiet_shutdown import quiet_serve_shutdown
+
+    with quiet_serve_shutdown():
+        try:
+            front.stop()
+        finally:
+            try:
+                deploy.shutdown()
+            finally:
+                kill_descendants()  # what Ray left (agents of a dead raylet, a worker stuck in a call)

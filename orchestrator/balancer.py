@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Weights:
-    """Weights of the two terms of the score: 0.2/0.8 by default (docs/balancer-study.md); the seed used 0.7/0.3."""
+class Weights(NamedTuple):
+    """Weights of the two terms of the score: 0.2/0.8 by default (docs/balancer-study.md); the seed used 0.7/0.3.
+
+    A named tuple: the config gives it as ``(load_weight, queue_weight)`` and Serve's router takes it as keywords."""
 
     load_weight: float = 0.2
     queue_weight: float = 0.8

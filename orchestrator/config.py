@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.balancer import Weights
 from orchestrator.contracts.errors import ConfigError
 from orchestrator.model_source import ModelFootprint, ModelSourceError, measure_footprint, resolve_model_folder
 
@@ -125,10 +126,10 @@ class BalancerConfig(_Strict):
     load_weight: Annotated[float, Field(ge=0)] | None = None
     queue_weight: Annotated[float, Field(ge=0)] | None = None
 
-    def weights(self) -> tuple[float, float]:
+    def weights(self) -> Weights:
         """(load_weight, queue_weight) after applying the preset."""
         load, queue = BALANCER_PRESETS[self.preset]
-        return (
+        return Weights(
             self.load_weight if self.load_weight is not None else load,
             self.queue_weight if self.queue_weight is not None else queue,
         )

@@ -74,7 +74,7 @@ def onnx_export_needed(loaded: LoadedConfig, placement: Plan) -> bool:
     """
     if loaded.config.ray.address or not any(instance.backend == "onnx" for instance in placement.instances):
         return False
-    from workers.onnx_export import cache_key, default_cache_dir, entry_is_valid
+    from workers.backends.onnx_export import cache_key, default_cache_dir, entry_is_valid
 
     model = loaded.config.model
     root = Path(model.onnx_cache_dir) if model.onnx_cache_dir else default_cache_dir()

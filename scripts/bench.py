@@ -74,8 +74,8 @@ import json, sys, time
 from pathlib import Path
 from orchestrator.model_source import resolve_model_folder
 from workers.model_card import read_model_card
-from workers.onnx_backend import OnnxBackend
-from workers.onnx_export import cached_graph
+from workers.backends.onnx_backend import OnnxBackend
+from workers.backends.onnx_export import cached_graph
 from workers.tokenizer import TextTokenizer
 threads, pool_threads, quantize = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 texts = json.loads(sys.stdin.read())

@@ -88,15 +88,15 @@ def measure(folder: Path, backend_name: str, threads: int, texts: list[str], bat
     card = read_model_card(folder)
     tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
     if backend_name == "onnx":
-        from workers.onnx_backend import OnnxBackend
-        from workers.onnx_export import cached_graph
+        from workers.backends.onnx_backend import OnnxBackend
+        from workers.backends.onnx_export import cached_graph
 
         backend = OnnxBackend(cached_graph(folder).path, card.pooling, threads, card.pad_token_id, card.hidden_size)
     else:
         import torch
 
         from orchestrator.planning.engine_choice import choose_engine
-        from workers.backend import TorchBackend
+        from workers.backends.torch_backend import TorchBackend
 
         torch.set_num_threads(threads)
         engine = choose_engine("cpu", card.model_type)
@@ -115,7 +115,7 @@ def check_mpnet(folder: Path, texts: list[str]) -> float:
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from workers.backend import TorchBackend
+    from workers.backends.torch_backend import TorchBackend
     from workers.model_card import read_model_card
     from workers.tokenizer import TextTokenizer
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.backend import BackendInfo
+from workers.backends import BackendInfo
 from workers.batcher import Batcher
 from workers.service import EmbeddingService, ServiceInfo
 from workers.tokenizer import TextTokenizer

@@ -1,8 +1,8 @@
 """The Ray Serve deployment: one replica per planned instance, pinned to its pool, serving HTTP itself.
 
 All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
-Serve rank (``plan.instances[rank]``), pins itself to that instance's cores, loads the model, and builds its own
-FastAPI app. The front door (``orchestrator/frontdoor/app.py``) hands each request, whole, to one replica: over the
+Serve rank (``plan.instances[rank]``), has it built (``assembly.py``: pinned, loaded, calibrated), and builds its
+own FastAPI app. The front door (``orchestrator/frontdoor/app.py``) hands each request, whole, to one replica: over the
 replica's direct lane (``workers/lane_server.py``, the default ``server.transport: direct``), or through Serve's
 handle and our router (``transport: serve``), which calls ``forward``.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,9 +19,10 @@ from ray import serve
 
 from orchestrator.contracts.errors import Unhealthy
 from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedResponse
-from orchestrator.contracts.plan import Plan, PlannedInstance
+from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.contracts.snapshot import HUB_NAME, HUB_NAMESPACE, LaneAddress
 from workers.asgi_bridge import call_asgi
+from workers.assembly import build_instance_service
 from workers.http_api import build_app
 from workers.lane_server import LaneServer
 from workers.serve_loopback import keep_serve_grpc_on_loopback
@@ -31,32 +30,6 @@ from workers.serve_loopback import keep_serve_grpc_on_loopback
 logger = logging.getLogger(__name__)
 
 PUSH_PERIOD_S = 1.0
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
-    """Everything a replica needs, decided by the planner and the config (pickled to each replica)."""
-
-    plan: Plan
-    node_id: str | None  # the node whose instances this deployment serves (None: the only machine)
-    model_folder: str
-    model_name: str
-    pooling: str
-    dtype: str
-    attn_implementation: str
-    padding_side: str
-    prompts: dict[str, str]
-    default_prompt_name: str | None
-    quantize: str
-    onnx_cache_dir: str | None
-    max_input_tokens: int | None
-    normalize: bool
-    max_inputs_per_request: int
-    max_request_bytes: int
-    api_key_sha256: str | None = None
-    open_endpoints: tuple[str, ...] = ("health", "metrics")
-    request_timeout_s: float | None = 60.0
-    lane_token: str | None = None  # set: open a direct lane for the front door (transport "direct")
 
 
 def _find_hub() -> Any | None:
@@ -70,146 +43,6 @@ def _find_hub() -> Any | None:
 def _current_rank() -> int:
     rank = serve.get_replica_context().rank
     return int(getattr(rank, "rank", rank))
-
-
-def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
-    """Pin to the instance's pool, load the model and return its EmbeddingService."""
-    from workers.batcher import Batcher
-    from workers.calibration import measure_batch_overhead_tokens
-    from workers.instance_metrics import InstanceMetrics
-    from workers.model_card import read_model_card
-    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_devices
-    from workers.service import EmbeddingService, ServiceInfo
-    from workers.tokenizer import TextTokenizer
-
-    device = "cpu"
-    if instance.gpu is not None:
-        pin_to_gpu_devices(instance.gpu.device_uuids)  # before anything touches CUDA
-        device = "cuda"
-    pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
-    folder = Path(spec.model_folder)
-    card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
-    tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
-    backend = load_backend(spec, instance, card, device)
-    # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
-    # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
-    row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
-    overhead = instance.batch_overhead_tokens
-    if overhead is None:
-        overhead = measure_batch_overhead_tokens(backend.embed, row)
-    else:
-        backend.embed([row])
-    logger.info("instance %s: a forward pass costs as much as %.0f padded tokens", instance.name, overhead)
-    metrics = InstanceMetrics()
-    batcher = Batcher(
-        backend.embed,
-        max_batch_size=instance.batch_size,
-        max_batch_tokens=instance.max_batch_tokens,
-        max_wait_ms=instance.max_wait_ms,
-        max_queued_texts=instance.max_queued_texts,
-        max_concurrency=instance.max_concurrency,
-        batch_overhead_tokens=overhead,
-        on_batch=lambda record: metrics.batch_done(record.texts, record.padded_tokens, record.seconds),
-    )
-    info = ServiceInfo(
-        model_name=spec.model_name,
-        instance=instance.name,
-        max_input_tokens=card.max_input_tokens,
-        max_batch_tokens=instance.max_batch_tokens,
-        max_inputs_per_request=spec.max_inputs_per_request,
-        max_request_bytes=spec.max_request_bytes,
-        normalize_by_default=spec.normalize,
-        pooling=card.pooling,
-        backend=backend.info,
-        prompts=card.prompts,
-        default_prompt_name=card.default_prompt_name,
-        request_timeout_s=spec.request_timeout_s,
-    )
-    memory_probe: Any = None
-    if instance.gpu is not None:  # the slice's (or GPUs') memory from NVML; CPU pools report process memory
-        from orchestrator.hardware.nvml_memory import devices_memory_probe
-
-        memory_probe = devices_memory_probe(instance.gpu.device_uuids)
-    return EmbeddingService(
-        tokenizer,
-        batcher,
-        info,
-        metrics=metrics,
-        labels=metric_labels(spec, instance),
-        capacity=instance.capacity,
-        **({"memory_probe": memory_probe} if memory_probe is not None else {}),
-    )
-
-
-def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device: str) -> Any:
-    """The planned backend: ONNX Runtime from the export cache (exporting on a cold cache), or PyTorch."""
-    if instance.backend == "onnx":
-        from workers.onnx_backend import OnnxBackend
-        from workers.onnx_export import OnnxExportError, cached_graph
-
-        cache_dir = Path(spec.onnx_cache_dir) if spec.onnx_cache_dir else None
-        graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize)
-        if graph.exported_now:
-            logger.warning(
-                "exported %s to ONNX in %.1f s (cached for next starts)", spec.model_name, graph.export_seconds
-            )
-
-        def backend_for(path: Path) -> OnnxBackend:
-            int8 = spec.quantize == "int8"
-            return OnnxBackend(path, card.pooling, instance.threads, card.pad_token_id, card.hidden_size, int8)
-
-        try:
-            return backend_for(graph.path)
-        except Exception as error:
-            if graph.exported_now:
-                raise OnnxExportError(f"the exported ONNX graph does not load: {error}") from None
-            # A cached graph that does not load (its manifest matching a damaged or foreign file): rebuilt once.
-            logger.warning("cached ONNX graph %s does not load (%s): rebuilding it", graph.path, error)
-            graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize, discard_sha256=graph.sha256)
-            return backend_for(graph.path)
-    from orchestrator.capabilities import detect
-    from orchestrator.planning.engine_choice import choose_engine
-    from workers.backend import TorchBackend
-
-    # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
-    flash_attn = detect().flash_attn
-    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_attn)
-    device_map = None
-    if instance.gpu is not None and instance.gpu.device_count > 1:
-        from workers.device_map import balanced_device_map, visible_free_memory
-
-        device_map = balanced_device_map(Path(spec.model_folder), engine.dtype, visible_free_memory())
-        logger.info("instance %s: layers split over %d GPUs: %s", instance.name, instance.gpu.device_count, device_map)
-    return TorchBackend(
-        Path(spec.model_folder),
-        card.pooling,
-        engine.dtype,
-        device,
-        engine.attn_implementation,
-        spec.padding_side,
-        device_map=device_map,
-    )
-
-
-def metric_labels(spec: ReplicaSpec, instance: PlannedInstance) -> dict[str, str]:
-    """The instance's identity on every metric; GPU instances carry dcgm-exporter's label names and values."""
-    import socket
-
-    labels = {
-        "instance": instance.name,
-        "model": spec.model_name,
-        "node": socket.gethostname(),
-        "device_kind": instance.device,
-    }
-    if instance.gpu is not None:
-        gpu = instance.gpu
-        labels.update(
-            gpu=str(gpu.gpu_index),
-            UUID=gpu.gpu_uuid,
-            GPU_I_ID="" if gpu.gpu_instance_id is None else str(gpu.gpu_instance_id),
-            GPU_I_PROFILE=gpu.profile if gpu.kind == "mig" else "",
-        )
-    return labels
 
 
 class EmbeddingReplica:

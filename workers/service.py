@@ -18,7 +18,7 @@ import numpy as np
 
 from orchestrator.contracts.errors import DeadlineExceeded, ValidationFailed
 from orchestrator.contracts.snapshot import InstanceSnapshot
-from workers.backend import BackendInfo
+from workers.backends import BackendInfo
 from workers.batcher import Batcher
 from workers.instance_metrics import InstanceMetrics
 from workers.tokenizer import TextTokenizer

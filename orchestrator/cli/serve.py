@@ -199,7 +199,7 @@ def export_command(config: ConfigOption = DEFAULT_CONFIG) -> None:
     if not any(instance.backend == "onnx" for instance in placement.instances):
         console.print("No instance uses the onnx backend here: nothing to export.")
         return
-    from workers.onnx_export import OnnxExportError, cached_graph
+    from workers.backends.onnx_export import OnnxExportError, cached_graph
 
     model = loaded.config.model
     cache_dir = Path(model.onnx_cache_dir) if model.onnx_cache_dir else None

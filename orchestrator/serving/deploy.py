@@ -23,6 +23,7 @@ from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import DeployError
 from orchestrator.contracts.forwarding import NodeTransport, Transport
 from orchestrator.contracts.plan import Plan, instances_by_node
+from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
 
 if TYPE_CHECKING:
@@ -148,29 +149,16 @@ def build_application(  # noqa: ANN201
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
-    from workers.replica import EmbeddingReplica, ReplicaSpec
+    from workers.replica import EmbeddingReplica
 
     config = loaded.config
-    spec = ReplicaSpec(
-        plan=plan,
-        node_id=node_id,
+    spec = ReplicaSpec.from_config(
+        plan,
+        node_id,
+        {"model": config.model, "server": config.server},
         model_folder=str(loaded.model_folder),
         model_name=loaded.model_name,
-        pooling=config.model.pooling,
-        dtype=config.model.dtype,
-        attn_implementation=config.model.attn_implementation,
-        padding_side=config.model.padding_side,
-        prompts=dict(config.model.prompts),
-        default_prompt_name=config.model.default_prompt_name,
-        quantize=config.model.quantize,
-        onnx_cache_dir=config.model.onnx_cache_dir,
-        max_input_tokens=config.model.max_input_tokens,
-        normalize=config.model.normalize,
-        max_inputs_per_request=config.server.max_inputs_per_request,
-        max_request_bytes=config.server.max_request_bytes,
         api_key_sha256=loaded.api_key_sha256,
-        open_endpoints=tuple(config.server.open_endpoints),
-        request_timeout_s=config.server.request_timeout_s,
         lane_token=lane_token,
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
@@ -182,7 +170,7 @@ def build_application(  # noqa: ANN201
         # Only Serve handles route through our router; with direct lanes the front door balances itself.
         routing["request_router_config"] = RequestRouterConfig(
             request_router_class=ROUTER_CLASS,
-            request_router_kwargs=dict(zip(("load_weight", "queue_weight"), config.balancer.weights(), strict=True)),
+            request_router_kwargs=config.balancer.weights()._asdict(),
             request_routing_stats_period_s=tuning.routing_stats_period_s,
         )
     deployment = serve.deployment(EmbeddingReplica).options(
@@ -239,8 +227,7 @@ def attach_front_door(
 ) -> None:
     """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
     lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
-    load_weight, queue_weight = loaded.config.balancer.weights()
-    forwarder = open_forwarder(plan, lane_token, Weights(load_weight=load_weight, queue_weight=queue_weight))
+    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights())
 
     async def close() -> None:
         # On the front door's loop, once it takes no more requests: the transport closes what it opened (lanes,

@@ -194,9 +194,9 @@ ray::ServeReplica:embeddings:EmbeddingReplica.initialize_and_get_metadata() (pid
   File "ray/serve/_private/replica.py", line 1928, in initialize
     raise RuntimeError(traceback.format_exc()) from None
 RuntimeError: Traceback (most recent call last):
-  File "/work/main/workers/onnx_export.py", line 62, in check_cache_dir
+  File "/work/main/workers/backends/onnx_export.py", line 62, in check_cache_dir
     raise OnnxExportError(f"the ONNX cache path {parent} is a file, not a folder: remove it or {fix}")
-workers.onnx_export.OnnxExportError: the ONNX cache path /tmp/blockfile is a file, not a folder: remove it
+workers.backends.onnx_export.OnnxExportError: the ONNX cache path /tmp/blockfile is a file, not a folder: remove it
 """
     assert failure_reason(message) == (
         "OnnxExportError: the ONNX cache path /tmp/blockfile is a file, not a folder: remove it"

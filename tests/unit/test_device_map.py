@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.tiny_models import build_tiny_mpnet, build_tiny_qwen3
-from workers.device_map import DeviceMapError, balanced_device_map
+from workers.backends.device_map import DeviceMapError, balanced_device_map
 
 LAYERS = 6
 
@@ -108,7 +108,7 @@ def test_models_without_no_split_layers_and_bad_arguments_are_refused(
 def test_backend_loads_through_a_device_map_and_gives_the_same_vectors(qwen3: Path) -> None:
     """The multi-device loading path on a CPU: the balanced map's modules all sent to "cpu" (no second device here),
     so from_pretrained(device_map=...), the input device and the pooling all run."""
-    from workers.backend import TorchBackend
+    from workers.backends.torch_backend import TorchBackend
 
     device_map = balanced_device_map(qwen3, "float32", [2**30, 2**30])
     single = TorchBackend(qwen3, "lasttoken", padding_side="left")
@@ -122,14 +122,15 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
     qwen3: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """load_backend: a gpus: 2 instance gets a balanced map over the visible GPUs' free memory (faked here)."""
-    import workers.backend
-    import workers.device_map
+    import workers.backends.device_map
+    import workers.backends.torch_backend
     from orchestrator.capabilities import Capabilities
     from orchestrator.config import parse_config
+    from orchestrator.contracts.replica_spec import ReplicaSpec
     from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
     from orchestrator.planning.planner import plan
+    from workers.assembly import load_backend
     from workers.model_card import read_model_card
-    from workers.replica import ReplicaSpec, load_backend
 
     l4s = tuple(GpuInfo(i, "NVIDIA L4", f"GPU-l4{i:06d}-0000-0000-0000-000000000000", 23034) for i in range(2))
     raw = {"model": {"path": str(qwen3)}, "mig_instances": [{"name": "big", "type": "gpu", "gpus": 2}]}
@@ -140,8 +141,10 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
         placement, None, str(qwen3), "q", "auto", "auto", "auto", "left", {}, None, "none", None, None, True, 8, 1000
     )
     loaded: dict[str, object] = {}
-    monkeypatch.setattr(workers.device_map, "visible_free_memory", lambda: [2**30, 2**30])
-    monkeypatch.setattr(workers.backend, "TorchBackend", lambda *args, **kwargs: loaded.update(kwargs) or "backend")
+    monkeypatch.setattr(workers.backends.device_map, "visible_free_memory", lambda: [2**30, 2**30])
+    monkeypatch.setattr(
+        workers.backends.torch_backend, "TorchBackend", lambda *args, **kwargs: loaded.update(kwargs) or "backend"
+    )
     assert load_backend(spec, placement.instances[0], read_model_card(qwen3), "cuda") == "backend"
     device_map = loaded["device_map"]
     assert isinstance(device_map, dict) and set(device_map.values()) == {0, 1}

@@ -14,7 +14,7 @@ from orchestrator.model_source import measure_footprint
 from orchestrator.planning.engine_choice import EngineChoiceError, choose_engine, valid_tensor_parallel_sizes
 from orchestrator.planning.planner import plan
 from tests.tiny_models import QUERY_PROMPT, build_tiny_mpnet, build_tiny_qwen3
-from workers.backend import TorchBackend
+from workers.backends.torch_backend import TorchBackend
 from workers.model_card import read_model_card
 from workers.tokenizer import TextTokenizer
 

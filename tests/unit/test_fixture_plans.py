@@ -135,7 +135,8 @@ def test_mig_plan_on_a_disabled_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_metric_labels_of_mig_and_cpu_instances_follow_dcgm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.replica import ReplicaSpec, metric_labels
+    from orchestrator.contracts.replica_spec import ReplicaSpec
+    from workers.assembly import metric_labels
 
     install_fake_nvml(monkeypatch, "a100_80gb_mixed")
     topology = probe_topology()

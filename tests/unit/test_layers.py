@@ -22,7 +22,7 @@ from tests.conftest import REPO
 
 HEAVY_AT_MODULE_LEVEL = {
     "ray": {"orchestrator.serving.router", "workers.replica"},
-    "torch": {"workers.pooling"},
+    "torch": set(),
     "pynvml": set(),
     "transformers": set(),
     "onnxruntime": set(),

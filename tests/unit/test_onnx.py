@@ -16,11 +16,11 @@ from orchestrator.planning.engine_choice import EngineChoiceError, choose_backen
 from orchestrator.planning.planner import plan
 from tests.corpus import sentences
 from tests.tiny_models import build_tiny_mpnet, build_tiny_qwen3
-from workers import onnx_export
-from workers.backend import TorchBackend
+from workers.backends import onnx_export
+from workers.backends.onnx_backend import OnnxBackend
+from workers.backends.onnx_export import GRAPH, cached_graph, entry_is_valid
+from workers.backends.torch_backend import TorchBackend
 from workers.model_card import read_model_card
-from workers.onnx_backend import OnnxBackend, pool_numpy
-from workers.onnx_export import GRAPH, cached_graph, entry_is_valid
 from workers.tokenizer import TextTokenizer
 
 
@@ -138,17 +138,28 @@ def test_int8_stays_close_to_fp32(minilm_folder: Path, minilm_graph: Path, tmp_p
     assert similarity.min() >= 0.95
 
 
-def test_numpy_pooling_matches_the_torch_pooling() -> None:
+def test_pooling_gives_the_same_vectors_on_numpy_arrays_and_torch_tensors() -> None:
+    """One implementation serves both backends: each method against a row-by-row reference, in both libraries."""
     import torch
 
-    from workers.pooling import pool
+    from workers.backends.pooling import pool
 
     rng = np.random.default_rng(0)
     hidden = rng.standard_normal((3, 5, 4)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])
-    for method in ("mean", "cls", "lasttoken"):
-        expected = pool(torch.from_numpy(hidden), torch.from_numpy(mask), method).numpy()
-        assert np.allclose(pool_numpy(hidden, mask, method), expected, atol=1e-6)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]])  # right padding, none, left padding
+    real = [np.flatnonzero(row) for row in mask]
+    reference = {
+        "mean": np.stack([hidden[i, tokens].mean(0) for i, tokens in enumerate(real)]),
+        "cls": hidden[:, 0],
+        "lasttoken": np.stack([hidden[i, tokens[-1]] for i, tokens in enumerate(real)]),
+    }
+    for method, expected in reference.items():
+        from_numpy = pool(hidden, mask, method)
+        from_torch = pool(torch.from_numpy(hidden), torch.from_numpy(mask), method).numpy()
+        assert from_numpy.dtype == np.float32 and np.allclose(from_numpy, expected, atol=1e-6), method
+        assert np.allclose(from_torch, expected, atol=1e-6), method
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(hidden, mask, "max")
 
 
 def test_minilm_graph_is_fused_and_the_manifest_says_so(minilm_graph: Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from workers.backends.onnx_backend import OnnxBackend
+from workers.backends.onnx_export import GRAPH, MANIFEST, OnnxExportError, _file_sha256, cached_graph
 from workers.model_card import read_model_card
-from workers.onnx_backend import OnnxBackend
-from workers.onnx_export import GRAPH, MANIFEST, OnnxExportError, _file_sha256, cached_graph
 
 
 @pytest.fixture

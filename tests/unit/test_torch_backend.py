@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.corpus import sentences
-from workers.backend import TorchBackend
+from workers.backends.torch_backend import TorchBackend
 from workers.model_card import read_model_card
 from workers.tokenizer import TextTokenizer
 
@@ -49,7 +49,7 @@ def test_vectors_match_sentence_transformers_alone_and_in_mixed_batches(minilm_f
 def test_a_decoder_model_builds_no_key_value_cache(tmp_path: Path) -> None:
     """gpu-audit B3: a Qwen3 forward pass kept every layer's keys and values for a decoding that never comes."""
     from tests.tiny_models import build_tiny_qwen3
-    from workers.backend import TorchBackend
+    from workers.backends.torch_backend import TorchBackend
 
     folder = build_tiny_qwen3(tmp_path / "qwen3")
     backend = TorchBackend(folder, "lasttoken", padding_side="left")
@@ -63,7 +63,7 @@ def test_mean_pooling_of_float16_states_does_not_overflow() -> None:
     """gpu-audit W8: 4,096 tokens of a 30.0 activation sum to 122,880, past float16's 65,504: the vector was inf."""
     import torch
 
-    from workers.pooling import pool
+    from workers.backends.pooling import pool
 
     hidden = torch.full((1, 4096, 8), 30.0, dtype=torch.float16)
     mask = torch.ones((1, 4096), dtype=torch.long)

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: the exported graph on a CPU pool, pooling in numpy.
+"""The ONNX Runtime backend: the exported graph on a CPU pool, pooled on its numpy output.
 
 It needs neither torch nor transformers at run time (only ``onnxruntime`` and numpy), so a replica with a warm
 export cache starts without importing them. Its session uses exactly the pool's threads (intra-op = threads,
@@ -12,20 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.backend import BackendInfo, pad_batch
-
-
-def pool_numpy(hidden: np.ndarray, mask: np.ndarray, method: str) -> np.ndarray:
-    """Pool (batch, tokens, dim) states under a (batch, tokens) mask; same contract as workers/pooling.py."""
-    if method == "mean":
-        weights = mask[..., None].astype(hidden.dtype)
-        return (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-    if method == "cls":
-        return hidden[:, 0]
-    if method == "lasttoken":
-        last = (mask * np.arange(mask.shape[1])).argmax(axis=1)
-        return hidden[np.arange(hidden.shape[0]), last]
-    raise ValueError(f"unknown pooling {method!r} (use mean, cls or lasttoken)")
+from workers.backends import BackendInfo, pad_batch
+from workers.backends.pooling import pool
 
 
 class OnnxBackend:
@@ -58,4 +46,4 @@ class OnnxBackend:
         input_ids, mask = pad_batch(batch, self._pad_id)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
         hidden = self._session.run([self._output], {name: feeds[name] for name in self._inputs})[0]
-        return pool_numpy(hidden, mask, self._pooling).astype(np.float32, copy=False)
+        return pool(hidden, mask, self._pooling).astype(np.float32, copy=False)

@@ -1,53 +1,17 @@
-"""The embedding backend interface and its PyTorch implementation.
-
-A backend turns batches of token ids into unnormalised float32 vectors. It holds no queue and no HTTP state: the
-batcher calls ``embed`` from a worker thread with batches it already sorted by length.
-"""
+"""The PyTorch backend: a transformers encoder (or decoder) on a CPU pool, a GPU or MIG slice, or GPUs with a
+device map, pooled on the device where its states are."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from workers.backends import BackendInfo, pad_batch
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackendInfo:
-    """What /info reports about the loaded model."""
-
-    dimensions: int
-    dtype: str
-    device: str
-    backend: str
-    attn_implementation: str = "n/a"
-
-
-class EmbeddingBackend(Protocol):
-    """Computes pooled vectors for a batch of token id lists."""
-
-    info: BackendInfo
-
-    def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Return an array (len(batch), dimensions) of float32, not normalised."""
-        ...
-
-
-def pad_batch(batch: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[np.ndarray, np.ndarray]:
-    """Pad token ids on ``side`` into (ids, attention mask) int64 arrays."""
-    width = max(len(ids) for ids in batch)
-    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=np.int64)
-    for row, ids in enumerate(batch):
-        columns = slice(0, len(ids)) if side == "right" else slice(width - len(ids), width)
-        input_ids[row, columns] = ids
-        mask[row, columns] = 1
-    return input_ids, mask
 
 
 # Models that derive positions from the input ids themselves (RoBERTa-style, padding-aware).
@@ -78,7 +42,7 @@ class TorchBackend:
     ) -> None:
         """Load the model in ``dtype`` with ``attn_implementation`` (chosen by orchestrator/planning/engine_choice.py).
 
-        With ``device_map`` (module name -> device, from ``workers/device_map.py``) the model is split over several
+        With ``device_map`` (module name -> device, from ``device_map.py``) the model is split over several
         devices instead of moved to ``device``: inputs go where the embeddings are, pooling runs where the last
         hidden state comes out.
         """
@@ -121,7 +85,7 @@ class TorchBackend:
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
-        from workers.pooling import pool
+        from workers.backends.pooling import pool
 
         input_ids, mask = pad_batch(batch, self._pad_id, self._padding_side)
         with torch.inference_mode():

@@ -1,0 +1,157 @@
+"""How one instance is put together in its replica: pin to the slice or pool, read the model card, load the
+tokenizer and the planned backend, warm it up and calibrate the batcher, and wire the service with its metrics.
+
+It knows nothing of Ray or Serve (``replica.py`` is the deployment and calls ``build_instance_service`` once per
+replica), so each step is testable with a plan and a model folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from orchestrator.contracts.plan import PlannedInstance
+from orchestrator.contracts.replica_spec import ReplicaSpec
+
+logger = logging.getLogger(__name__)
+
+
+def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
+    """Pin to the instance's pool, load the model and return its EmbeddingService."""
+    from workers.batcher import Batcher
+    from workers.calibration import measure_batch_overhead_tokens
+    from workers.instance_metrics import InstanceMetrics
+    from workers.model_card import read_model_card
+    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_devices
+    from workers.service import EmbeddingService, ServiceInfo
+    from workers.tokenizer import TextTokenizer
+
+    device = "cpu"
+    if instance.gpu is not None:
+        pin_to_gpu_devices(instance.gpu.device_uuids)  # before anything touches CUDA
+        device = "cuda"
+    pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
+    folder = Path(spec.model_folder)
+    card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
+    tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
+    backend = load_backend(spec, instance, card, device)
+    # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
+    # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
+    row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
+    overhead = instance.batch_overhead_tokens
+    if overhead is None:
+        overhead = measure_batch_overhead_tokens(backend.embed, row)
+    else:
+        backend.embed([row])
+    logger.info("instance %s: a forward pass costs as much as %.0f padded tokens", instance.name, overhead)
+    metrics = InstanceMetrics()
+    batcher = Batcher(
+        backend.embed,
+        max_batch_size=instance.batch_size,
+        max_batch_tokens=instance.max_batch_tokens,
+        max_wait_ms=instance.max_wait_ms,
+        max_queued_texts=instance.max_queued_texts,
+        max_concurrency=instance.max_concurrency,
+        batch_overhead_tokens=overhead,
+        on_batch=lambda record: metrics.batch_done(record.texts, record.padded_tokens, record.seconds),
+    )
+    info = ServiceInfo(
+        model_name=spec.model_name,
+        instance=instance.name,
+        max_input_tokens=card.max_input_tokens,
+        max_batch_tokens=instance.max_batch_tokens,
+        max_inputs_per_request=spec.max_inputs_per_request,
+        max_request_bytes=spec.max_request_bytes,
+        normalize_by_default=spec.normalize,
+        pooling=card.pooling,
+        backend=backend.info,
+        prompts=card.prompts,
+        default_prompt_name=card.default_prompt_name,
+        request_timeout_s=spec.request_timeout_s,
+    )
+    memory_probe: Any = None
+    if instance.gpu is not None:  # the slice's (or GPUs') memory from NVML; CPU pools report process memory
+        from orchestrator.hardware.nvml_memory import devices_memory_probe
+
+        memory_probe = devices_memory_probe(instance.gpu.device_uuids)
+    return EmbeddingService(
+        tokenizer,
+        batcher,
+        info,
+        metrics=metrics,
+        labels=metric_labels(spec, instance),
+        capacity=instance.capacity,
+        **({"memory_probe": memory_probe} if memory_probe is not None else {}),
+    )
+
+
+def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device: str) -> Any:
+    """The planned backend: ONNX Runtime from the export cache (exporting on a cold cache), or PyTorch."""
+    if instance.backend == "onnx":
+        from workers.backends.onnx_backend import OnnxBackend
+        from workers.backends.onnx_export import OnnxExportError, cached_graph
+
+        cache_dir = Path(spec.onnx_cache_dir) if spec.onnx_cache_dir else None
+        graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize)
+        if graph.exported_now:
+            logger.warning(
+                "exported %s to ONNX in %.1f s (cached for next starts)", spec.model_name, graph.export_seconds
+            )
+
+        def backend_for(path: Path) -> OnnxBackend:
+            int8 = spec.quantize == "int8"
+            return OnnxBackend(path, card.pooling, instance.threads, card.pad_token_id, card.hidden_size, int8)
+
+        try:
+            return backend_for(graph.path)
+        except Exception as error:
+            if graph.exported_now:
+                raise OnnxExportError(f"the exported ONNX graph does not load: {error}") from None
+            # A cached graph that does not load (its manifest matching a damaged or foreign file): rebuilt once.
+            logger.warning("cached ONNX graph %s does not load (%s): rebuilding it", graph.path, error)
+            graph = cached_graph(Path(spec.model_folder), cache_dir, spec.quantize, discard_sha256=graph.sha256)
+            return backend_for(graph.path)
+    from orchestrator.capabilities import detect
+    from orchestrator.planning.engine_choice import choose_engine
+    from workers.backends.torch_backend import TorchBackend
+
+    # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
+    flash_attn = detect().flash_attn
+    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_attn)
+    device_map = None
+    if instance.gpu is not None and instance.gpu.device_count > 1:
+        from workers.backends.device_map import balanced_device_map, visible_free_memory
+
+        device_map = balanced_device_map(Path(spec.model_folder), engine.dtype, visible_free_memory())
+        logger.info("instance %s: layers split over %d GPUs: %s", instance.name, instance.gpu.device_count, device_map)
+    return TorchBackend(
+        Path(spec.model_folder),
+        card.pooling,
+        engine.dtype,
+        device,
+        engine.attn_implementation,
+        spec.padding_side,
+        device_map=device_map,
+    )
+
+
+def metric_labels(spec: ReplicaSpec, instance: PlannedInstance) -> dict[str, str]:
+    """The instance's identity on every metric; GPU instances carry dcgm-exporter's label names and values."""
+    import socket
+
+    labels = {
+        "instance": instance.name,
+        "model": spec.model_name,
+        "node": socket.gethostname(),
+        "device_kind": instance.device,
+    }
+    if instance.gpu is not None:
+        gpu = instance.gpu
+        labels.update(
+            gpu=str(gpu.gpu_index),
+            UUID=gpu.gpu_uuid,
+            GPU_I_ID="" if gpu.gpu_instance_id is None else str(gpu.gpu_instance_id),
+            GPU_I_PROFILE=gpu.profile if gpu.kind == "mig" else "",
+        )
+    return labels

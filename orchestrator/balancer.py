@@ -14,9 +14,8 @@ Two more policies live here so that every routing decision is in one place and t
 ``faded_load`` (how a reported busy fraction ages while nothing of ours runs on the instance) and ``spread``
 (which node of a cluster gets the next request when Serve routes inside each node).
 
-Nothing here imports Ray. The front door's ``orchestrator/frontdoor/lanes.py`` feeds these functions (direct
-lanes, the default), ``orchestrator/frontdoor/node_spread.py`` spreads over nodes and ``orchestrator/serving/router.py``
-ranks from Serve's routing path (``server.transport: serve``).
+Pure: numbers in, a choice out; no clock, no I/O, no Ray. Whoever routes (a transport of the front door, or our
+router inside Serve) counts its own outstanding requests and passes them in.
 """
 
 from __future__ import annotations

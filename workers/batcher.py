@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from orchestrator.contracts.errors import BackendFailure, Overloaded
+from orchestrator.contracts.lane_protocol import DEFAULT_LOAD_WINDOW_S
 from workers.admission import WorkAdmission
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class Batcher:
         max_concurrency: int = 1,
         batch_overhead_tokens: float = 32.0,
         clock: Callable[[], float] = time.monotonic,
-        load_window_s: float = 2.0,
+        load_window_s: float = DEFAULT_LOAD_WINDOW_S,
         on_batch: Callable[[BatchRecord], None] | None = None,
         replan_after_s: float = REPLAN_AFTER_S,
     ) -> None:
@@ -382,6 +383,10 @@ class Batcher:
         if self._busy_since is not None:
             busy += now - max(self._busy_since, start)
         return min(max(busy / self._load_window_s, 0.0), 1.0)
+
+    @property
+    def load_window_s(self) -> float:
+        return self._load_window_s
 
     def stats(self) -> BatchStats:
         """Queue length, running batches, load and totals."""

@@ -5,8 +5,7 @@ external fonts: the service often runs on machines without internet access). It 
 second from the browser, so the server side is only three static files, read once and kept in memory.
 
 Only the names in ``ASSETS`` are served, which rules out path traversal by construction rather than by checking
-paths. Errors are JSON in the TEI shape used everywhere outside ``/v1`` (see ``workers/http_api.py``); they are
-built here rather than imported from there because ``http_api`` imports this module.
+paths. A name outside them is the JSON 404 every route answers (``contracts.errors.error_body``).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from orchestrator.contracts.errors import HeadersTooLarge, MalformedRequest, Orc
 from orchestrator.contracts.forwarding import error_response
 from orchestrator.contracts.lane_protocol import (
     CANCEL,
+    DEFAULT_LOAD_WINDOW_S,
     HELLO,
     PING,
     PONG,
@@ -47,10 +48,14 @@ Stats = Callable[[], tuple[float, int]]
 
 
 class LaneServer:
-    """Serves ``app`` to front doors that know ``token``; ``instance`` is named in the HELLO answer."""
+    """Serves ``app`` to front doors that know ``token``; ``instance`` and ``load_window_s`` (the window of the load
+    that ``stats`` reports) are named in the HELLO answer."""
 
-    def __init__(self, app: AsgiApp, token: str, instance: str, stats: Stats) -> None:
+    def __init__(
+        self, app: AsgiApp, token: str, instance: str, stats: Stats, load_window_s: float = DEFAULT_LOAD_WINDOW_S
+    ) -> None:
         self._app = app
+        self._load_window_s = load_window_s
         self._token = token.encode()
         self._instance = instance
         self._stats = stats
@@ -124,7 +129,7 @@ class LaneServer:
         if not hmac.compare_digest(token, self._token):
             logger.warning("direct lane: refused a connection with a wrong token")
             return False
-        writer.write(encode(Frame(0, HELLO, {"instance": self._instance})))
+        writer.write(encode(Frame(0, HELLO, {"instance": self._instance, "load_window_s": self._load_window_s})))
         return True
 
     def _refuse(self, rejected: FrameRejected, writer: asyncio.StreamWriter) -> None:

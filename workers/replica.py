@@ -77,12 +77,14 @@ class EmbeddingReplica:
         the lane with the hub before reporting ready."""
         import ray
 
+        batcher = self._service.batcher
+
         def stats() -> tuple[float, int]:
-            snapshot = self._service.batcher.stats()
+            snapshot = batcher.stats()
             return snapshot.load, snapshot.queued_texts
 
         host = "127.0.0.1" if self._spec.node_id is None else ray.util.get_node_ip_address()
-        self._lane_server = LaneServer(self._app, token, self._instance.name, stats)
+        self._lane_server = LaneServer(self._app, token, self._instance.name, stats, batcher.load_window_s)
         bound_host, port = await self._lane_server.start(host)
         self._lane = {"host": bound_host, "port": port, "incarnation": uuid.uuid4().hex}
         if self._hub is not None:

@@ -4,7 +4,9 @@
 * ``forwarding``: the HTTP request and answer the front door hands to a replica, the body size rule, the JSON error
   answer, and the ``Transport`` protocol of the front door's ways to reach replicas;
 * ``lane_protocol``: the frames of a direct lane;
-* ``plan``: the placement every replica receives in its spec (its instance: cores, threads, batch limits, GPU).
+* ``plan``: the placement every replica receives in its spec (its instance: cores, threads, batch limits, GPU);
+* ``replica_spec``: that spec, the plan with the config settings a replica reads;
+* ``snapshot``: the typed metrics snapshot a replica pushes, its lane's address, and the hub's name.
 
 Nothing here imports anything of the project outside this package (``tests/unit/test_layers.py`` keeps it so), nor
 Ray, torch or an HTTP framework: both sides import it without pulling the other side in.

@@ -1,8 +1,9 @@
 """One exception hierarchy for the whole service.
 
-Each error class knows its HTTP status and its error type, so the HTTP layer maps errors to responses in one place
-(``workers/http_api.py``) and metrics can count failures by type. This module imports nothing heavy: it is shared by
-the CLI, the planner and the replicas.
+Each error class knows its HTTP status, its error type (TEI's ``error_type``, the failure counter's label) and its
+OpenAI ``type``; ``error_body`` gives the one JSON shape of every error answer, so whoever answers (a replica's app,
+the front door, its HTTP edge, the dashboard) answers alike. Errors that never reach a client (a config, a plan, a
+deploy that fails) carry the one-line message the CLI prints. Imports nothing: both sides of the service share it.
 """
 
 from __future__ import annotations

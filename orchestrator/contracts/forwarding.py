@@ -1,7 +1,8 @@
 """What travels between the front door and a replica: one HTTP request in, one HTTP response out.
 
-The front door reads the whole request (bounded by ``server.max_request_bytes``) and hands it to one replica in a
-single Ray call; the replica runs it through its own FastAPI app and returns the whole answer. Embedding answers are
+The front door reads the whole request (bounded by ``server.max_request_bytes``, ``BoundedBody``) and hands it to one
+replica in a single message (a lane frame, or a Serve handle call); the replica runs it through its own FastAPI app
+and returns the whole answer. Embedding answers are
 small and never streamed, so one call each way is both the cheapest hop and what makes a request retryable: if the
 replica dies, the front door still holds the request and can send it to another one.
 """

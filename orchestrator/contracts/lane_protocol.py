@@ -9,7 +9,8 @@ A frame is a fixed header ``!IBII`` (request id, kind, meta length, body length)
 and ``body`` (raw bytes: the HTTP body). Kinds:
 
 * ``HELLO``: first frame each way. The front door's carries the lane token (a secret made per ``up``, given to
-  replicas in their spec); the replica answers with its instance name, or closes the connection on a wrong token.
+  replicas in their spec); the replica answers with its instance name and the window its load is measured over
+  (``load_window_s``: how fast a reported load goes stale), or closes the connection on a wrong token.
 * ``REQUEST``: meta ``{"method", "path", "query", "headers"}`` (strings as latin-1, as HTTP has them), body.
 * ``RESPONSE``: meta ``{"status", "headers", "load", "queued_texts"}``: the replica's busy fraction and queue at the
   time it answered ride on every answer, which keeps the balancer's view fresher than any polling.
@@ -37,6 +38,7 @@ HELLO, REQUEST, RESPONSE, CANCEL, PING, PONG = 1, 2, 3, 4, 5, 6
 KINDS = (HELLO, REQUEST, RESPONSE, CANCEL, PING, PONG)
 MAX_META_BYTES = 1 << 20
 MAX_BODY_BYTES = 1 << 30
+DEFAULT_LOAD_WINDOW_S = 2.0  # a replica's busy fraction is measured over this many seconds unless it says
 MAX_HELLO_META_BYTES = 4096  # before the token is checked, a peer gets no more than this of a replica's memory
 DISCARD_CHUNK_BYTES = 1 << 16
 

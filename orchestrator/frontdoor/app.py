@@ -1,11 +1,11 @@
 """The front door: the one HTTP endpoint, in front of every replica.
 
-A small ASGI app (no Ray import: the Ray side is a ``Forwarder`` handed in) that reads each request whole, bounded
-by ``server.max_request_bytes``, and forwards it to the replica the balancer picks. It owns what no replica can do
-for itself:
+A small ASGI app (no Ray import: the way to the replicas is a transport handed in) that reads each request whole,
+bounded by ``server.max_request_bytes``, and forwards it to the replica the balancer picks. It owns what no replica
+can do for itself:
 
 - **retry on a lost instance**: embedding is idempotent, so a request whose replica died before answering is sent
-  once more (the router has dropped the dead replica by then); clients see no failure;
+  once more (the transport has taken the dead replica out by then); clients see no failure;
 - **JSON for every failure**, including "no instance yet" and "instance lost twice" (503 with ``Retry-After``) and a
   replica that never answers (504 after the request deadline plus a grace period);
 - **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from orchestrator.contracts.forwarding import (
 )
 from orchestrator.contracts.lane_protocol import (
     CANCEL,
+    DEFAULT_LOAD_WINDOW_S,
     HELLO,
     PING,
     RESPONSE,
@@ -48,8 +50,6 @@ from orchestrator.contracts.lane_protocol import (
 )
 
 logger = logging.getLogger(__name__)
-
-LOAD_WINDOW_S = 2.0  # the replicas' batcher measures its busy fraction over this window (Batcher.load_window_s)
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,10 @@ class LaneConnection:
         writer: asyncio.StreamWriter,
         on_lost: Callable[[], None] | None = None,
         heartbeat: Heartbeat | None = None,
+        load_window_s: float = DEFAULT_LOAD_WINDOW_S,
     ) -> None:
         self.endpoint = endpoint
+        self.load_window_s = load_window_s  # as the replica said at greeting: how fast its reported load goes stale
         self._on_lost = on_lost
         self._reader = reader
         self._writer = writer
@@ -116,10 +118,12 @@ class LaneConnection:
                 raise LaneProtocolError("the replica closed the lane at greeting (wrong lane token?)")
             if answer.meta.get("instance") != endpoint.instance:
                 raise LaneProtocolError(f"expected instance {endpoint.instance}, found {answer.meta.get('instance')}")
+            window = answer.meta.get("load_window_s")
         except BaseException:
             writer.close()
             raise
-        return cls(endpoint, reader, writer, on_lost, heartbeat)
+        usable = isinstance(window, int | float) and math.isfinite(window) and window > 0
+        return cls(endpoint, reader, writer, on_lost, heartbeat, float(window) if usable else DEFAULT_LOAD_WINDOW_S)
 
     @property
     def alive(self) -> bool:
@@ -272,8 +276,12 @@ class DirectForwarder:
     def _instance_load(self, name: str, now: float) -> InstanceLoad:
         load, when = self._reported.get(name, (0.0, now))
         outstanding = self._outstanding[name]
-        faded = faded_load(load, now - when, LOAD_WINDOW_S, outstanding)
+        faded = faded_load(load, now - when, self._load_window_s(name), outstanding)
         return InstanceLoad(key=name, load=faded, outstanding=outstanding, capacity=self._capacity[name])
+
+    def _load_window_s(self, name: str) -> float:
+        lane = self._lanes.get(name)
+        return lane.load_window_s if lane is not None else DEFAULT_LOAD_WINDOW_S
 
     def readiness(self) -> tuple[int, int]:
         """(instances with an open lane, instances planned)."""

@@ -1,8 +1,8 @@
 """Plan -> Ray Serve application; start Ray, deploy, wait until healthy, shut down.
 
-The only orchestrator module that starts Ray. An embedded Ray is started without the dashboard, with a bounded
-object store, on loopback only and with Ray's token authentication; ``ray.address`` joins an existing cluster with
-the cluster's token (``ray_access`` decides both environments).
+An embedded Ray is started here without the dashboard, with a bounded object store, on loopback only and with Ray's
+token authentication; ``ray.address`` joins an existing cluster with the cluster's token (``ray_access`` decides both
+environments). This is also the one owner of Serve's shutdown: a transport's ``aclose`` closes only what it opened.
 """
 
 from __future__ import annotations

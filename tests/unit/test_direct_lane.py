@@ -71,10 +71,10 @@ class LaneApp:
 class Replica:
     """A lane server with its app, as one replica would run them."""
 
-    def __init__(self, name: str, token: str = TOKEN, load: float = 0.0) -> None:
+    def __init__(self, name: str, token: str = TOKEN, load: float = 0.0, **server_options: Any) -> None:
         self.app = LaneApp(name)
         self.load = load
-        self.server = LaneServer(self.app, token, name, lambda: (self.load, 0))
+        self.server = LaneServer(self.app, token, name, lambda: (self.load, 0), **server_options)
         self.endpoint: LaneEndpoint | None = None
 
     async def start(self, incarnation: str = "1") -> LaneEndpoint:
@@ -236,6 +236,25 @@ async def test_reported_load_steers_requests_and_fades_when_nothing_runs() -> No
         await b.server.close()
 
 
+async def test_a_reported_load_fades_over_the_window_the_replica_announced_at_greeting() -> None:
+    """The window is the replica's (its batcher's ``load_window_s``), said in its HELLO: not a copy of the default."""
+    quick = Replica("pool-a", load=0.8, load_window_s=0.5)
+    registry = Registry()
+    registry.endpoints = [await quick.start()]
+    now = [100.0]
+    forwarder = DirectForwarder({"pool-a": 4}, TOKEN, registry, Weights(1.0, 0.0), clock=lambda: now[0])
+    await forwarder.start(wait_s=5)
+    try:
+        forwarder._reported = {"pool-a": (0.8, 100.0)}
+        now[0] = 100.25  # half of the announced 0.5 s window: half the load is left (the default window: 7/8)
+        assert forwarder._instance_load("pool-a", now[0]).load == pytest.approx(0.4)
+        now[0] = 100.5
+        assert forwarder._instance_load("pool-a", now[0]).load == 0.0
+    finally:
+        await forwarder.aclose()
+        await quick.server.close()
+
+
 async def test_a_lost_replica_fails_its_requests_as_lost_and_its_successor_is_connected(two_replicas: Any) -> None:
     forwarder, a, b, registry = two_replicas
     hanging = asyncio.ensure_future(forwarder(request("/hang")))
@@ -324,7 +343,7 @@ async def test_the_replica_closes_a_lane_that_does_not_greet_with_the_token() ->
     reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
     writer.write(encode(Frame(0, HELLO, {"token": TOKEN})) + encode(Frame(5, CANCEL, {})))  # unknown id: ignored
     hello = await read_frame(reader)
-    assert hello is not None and hello.meta == {"instance": "pool-a"}
+    assert hello is not None and hello.meta == {"instance": "pool-a", "load_window_s": 2.0}
     writer.write(encode(request_frame(6, request(body=b"after"))))
     answer = await read_frame(reader)
     assert answer is not None and answer.request_id == 6 and answer.body == b"after"
@@ -422,7 +441,7 @@ async def test_lane_connections_per_replica_are_bounded(monkeypatch: pytest.Monk
         reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
         writer.write(encode(Frame(0, HELLO, {"token": TOKEN})))
         hello = await read_frame(reader)
-        assert hello is not None and hello.meta == {"instance": "pool-a"}
+        assert hello is not None and hello.meta == {"instance": "pool-a", "load_window_s": 2.0}
         writer.close()
     finally:
         for _, held_writer in held:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchestrator.hardware.driver_floor import driver_floor_problems
 from orchestrator.hardware.topology import Topology
 
 MIN_DRIVER = (450, 80, 2)
@@ -33,6 +34,8 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def _driver_checks(topology: Topology) -> list[Check]:
+    if topology.gpu_error is not None:  # a driver is installed but NVML fails: not a machine without GPUs
+        return [Check("NVIDIA driver", "fail", topology.gpu_error)]
     if not topology.gpus:
         return [
             Check(
@@ -50,8 +53,10 @@ def _driver_checks(topology: Topology) -> list[Check]:
         checks.append(
             Check("driver version", "fail", f"{version} is older than 450.80.02", "upgrade the driver to R450.80+")
         )
+    elif floors := driver_floor_problems(topology):
+        checks += [Check("driver version", "fail", line) for line in floors]  # each line ends with its fix
     else:
-        checks.append(Check("driver version", "pass", f"{version} (MIG needs 450.80.02 or newer)"))
+        checks.append(Check("driver version", "pass", f"{version} (new enough for MIG on every GPU here)"))
     return checks
 
 

@@ -54,11 +54,12 @@ def plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
 
 
 def plan_on_cluster(loaded: LoadedConfig) -> ClusterPlan:
-    """Probe every node of the joined cluster (one Ray task each) and plan over all of them; raises PlanError."""
+    """Probe every node of the joined cluster (one Ray task each; each also says whether the model folder exists
+    there) and plan over all of them; raises PlanError."""
     from orchestrator.hardware.cluster_probe import describe_node, discover_nodes, node_names
     from orchestrator.planning.cluster_planner import plan_cluster
 
-    nodes, warnings = discover_nodes()
+    nodes, warnings = discover_nodes(model_folder=str(loaded.model_folder))
     names = node_names(nodes)
     lines = tuple(describe_node(node, names[node.node_id]) for node in nodes)
     placement = plan_cluster(loaded.config, nodes, loaded.footprint, capabilities.detect())

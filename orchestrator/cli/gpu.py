@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -22,11 +21,6 @@ from orchestrator.serving.ray_access import RayAccessError, cluster_access
 mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True)
 
 _STATUS_STYLE = {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
-
-
-def run_command(command: str) -> subprocess.CompletedProcess[str]:
-    """Run one nvidia-smi command (a seam for tests)."""
-    return subprocess.run(shlex.split(command), capture_output=True, text=True, check=False)
 
 
 def _print_layout(layout: LayoutPlan) -> None:
@@ -66,15 +60,17 @@ def mig_plan_command(
     destroys = [d for g in layout.gpus for d in g.destroys]
     if destroys and not yes and not typer.confirm(f"Destroy {len(destroys)} existing MIG instance(s)?"):
         raise typer.Exit(1)
-    for command in layout.commands:
-        console.print(f"$ {command}")
-        result = run_command(command)
-        output = (result.stdout + result.stderr).strip()
-        if output:
-            console.print(output)
-        if result.returncode != 0:
-            raise fail(f"'{command}' failed (exit {result.returncode}); nothing after it was run", 1)
-    console.print("[green]Done.[/green] Check with: orchestrator plan --config " + str(config))
+    from orchestrator.mig_apply import apply_layout
+
+    with console.status("Applying the layout through NVML (each GPU instance at its planned placement)..."):
+        result = apply_layout(loaded.config, layout)
+    for line in result.lines:
+        console.print(line)
+    if not result.ok:
+        raise fail("\n".join(result.differences), 1)
+    console.print(
+        "[green]Done[/green]: the GPUs hold the planned layout. Check with: orchestrator plan --config " + str(config)
+    )
 
 
 def doctor_command() -> None:

@@ -13,6 +13,7 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.capabilities import NODE_PACKAGES, installed
@@ -38,6 +39,8 @@ class NodeTopology:
         topology: what ``probe_topology`` found there.
         packages: which of ``capabilities.NODE_PACKAGES`` import on the node, as names (None: not looked up; the
             planner then assumes the planning process's own environment); ``Capabilities.on_node`` reads them.
+        model_folder_present: whether the model folder the replicas will load exists on this node (None: not
+            checked). Replicas receive the head's path as is (gpu-audit B6), so a node without it cannot serve.
     """
 
     node_id: str
@@ -46,6 +49,7 @@ class NodeTopology:
     is_head: bool
     topology: Topology
     packages: frozenset[str] | None = None
+    model_folder_present: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -139,23 +143,28 @@ def installed_optional_packages() -> frozenset[str]:
     return installed(NODE_PACKAGES)
 
 
-def _probe_on_node(probe: Callable[[], Topology] | None) -> tuple[Topology, str, frozenset[str]]:
-    """The body of the per-node task: the node's topology, hostname and optional packages."""
+def _probe_on_node(
+    probe: Callable[[], Topology] | None, model_folder: str | None = None
+) -> tuple[Topology, str, frozenset[str], bool | None]:
+    """The body of the per-node task: the node's topology, hostname, optional packages and whether
+    ``model_folder`` is a directory there (None when no folder was given)."""
     if probe is None:
         from orchestrator.hardware.probe import probe_topology
 
         probe = probe_topology
-    return probe(), socket.gethostname(), installed_optional_packages()
+    present = Path(model_folder).is_dir() if model_folder is not None else None
+    return probe(), socket.gethostname(), installed_optional_packages(), present
 
 
 def discover_nodes(
-    probe: Callable[[], Topology] | None = None, timeout_s: float = 60.0
+    probe: Callable[[], Topology] | None = None, timeout_s: float = 60.0, model_folder: str | None = None
 ) -> tuple[tuple[NodeTopology, ...], tuple[str, ...]]:
     """Probe every alive node of the Ray cluster this process is connected to (``ray.init`` already done).
 
     One task per node, pinned with a hard ``NodeAffinitySchedulingStrategy`` and asking for no CPU (so that it runs
     on a head started with ``--num-cpus=0`` and beside busy replicas), calls ``probe`` there (default:
-    ``probe_topology``, imported on the node) and looks up the node's optional packages. Returns the nodes, head
+    ``probe_topology``, imported on the node), looks up the node's optional packages and, given ``model_folder``
+    (the resolved folder the replicas will load), whether it exists there. Returns the nodes, head
     first then by IP, and one warning line per node skipped because its task failed or did not finish within
     ``timeout_s`` (counted for all tasks together).
     Raises only what ``ray.nodes()`` raises (Ray not initialised...).
@@ -167,7 +176,9 @@ def discover_nodes(
     names = node_names(records)
     task = ray.remote(num_cpus=0, max_retries=0)(_probe_on_node)
     refs = [
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=r.node_id, soft=False)).remote(probe)
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=r.node_id, soft=False)).remote(
+            probe, model_folder
+        )
         for r in records
     ]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
@@ -183,13 +194,15 @@ def discover_nodes(
                 ray.cancel(ref, force=True)
             continue
         try:
-            topology, hostname, packages = ray.get(ref)
+            topology, hostname, packages, folder_present = ray.get(ref)
         except Exception as error:  # noqa: BLE001 - any failure skips the node with one line
             warnings.append(f"{where} failed ({_one_line(error)}); node skipped")
             continue
         if not isinstance(topology, Topology):
             warnings.append(f"{where} returned {type(topology).__name__}, not a Topology; node skipped")
             continue
-        node = NodeTopology(record.node_id, record.node_ip, str(hostname), record.is_head, topology, packages)
+        node = NodeTopology(
+            record.node_id, record.node_ip, str(hostname), record.is_head, topology, packages, folder_present
+        )
         nodes.append(node)
     return tuple(nodes), tuple(warnings)

@@ -32,10 +32,16 @@ class DeviceMemoryProbe:
     def probe(self) -> tuple[int | None, int | None]:
         if self._handle is None:
             return None, None
+        nvml = self._nvml
         try:
-            info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-        except self._nvml.NVMLError:
-            return None, None
+            # v2 ``used`` is allocated memory only; v1 adds the driver's reservation, so an idle slice never read
+            # near zero (gpu-audit C3). Drivers without v2 answer FunctionNotFound: fall back to v1.
+            info = nvml.nvmlDeviceGetMemoryInfo(self._handle, version=nvml.nvmlMemory_v2)
+        except nvml.NVMLError:
+            try:
+                info = nvml.nvmlDeviceGetMemoryInfo(self._handle)
+            except nvml.NVMLError:
+                return None, None
         return int(info.used), int(info.total)
 
     def close(self) -> None:

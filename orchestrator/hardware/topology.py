@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A MIG slice whose memory in use (NVML v2 ``used``: allocated, without the driver's reservation) exceeds this is
+# taken by someone else: a CUDA context alone takes a few hundred MiB, so a few dozen cannot be a real tenant.
+BUSY_MEMORY_MB = 64
+
 
 @dataclass(frozen=True)
 class CpuTopology:
@@ -52,6 +56,10 @@ class MigSlice:
         gpu_instance_id / compute_instance_id: NVML's ids (dcgm-exporter's ``GPU_I_ID`` is the former).
         memory_mb / sm_count: the slice's own memory and SMs.
         parent_index / parent_uuid: the physical GPU.
+        process_pids: processes NVML lists on this MIG device (its own handle's list; no root needed).
+        used_memory_mb: memory in use on the slice (NVML v2 ``used``, reserved excluded), None when unreadable.
+        shared_by: compute instances sharing this slice's GPU instance (``1c.3g.20gb`` x3: 3); ``memory_mb`` is
+            already this compute instance's share of the GPU instance's memory.
     """
 
     uuid: str
@@ -62,6 +70,33 @@ class MigSlice:
     sm_count: int
     parent_index: int
     parent_uuid: str
+    process_pids: tuple[int, ...] = ()
+    used_memory_mb: int | None = None
+    shared_by: int = 1
+
+    @property
+    def busy_reason(self) -> str | None:
+        """Why another replica must not be put here (processes or memory in use), or None when it is free."""
+        if self.process_pids:
+            return f"used by process(es) {', '.join(map(str, self.process_pids))}"
+        if self.used_memory_mb is not None and self.used_memory_mb > BUSY_MEMORY_MB:
+            return f"{self.used_memory_mb} MiB of its memory in use"
+        return None
+
+
+@dataclass(frozen=True)
+class GpuInstanceInfo:
+    """A GPU instance as NVML lists it (root only): where it sits and how many compute instances it holds.
+
+    A GPU instance without compute instances is no MIG device (CUDA cannot use it) but still holds its memory slices.
+    """
+
+    gpu_instance_id: int
+    profile_id: int
+    profile: str
+    start: int
+    size: int
+    compute_instances: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +111,12 @@ class GpuInfo:
         profiles: this GPU's GPU-instance profile table (empty when MIG is unsupported).
         memory_slice_count: memory slices of the GPU (8 on A100/H100/H200, 4 on A30); 0 without MIG.
         process_pids: processes using the GPU (they block MIG changes).
+        pci_device_id: NVML's ``pciDeviceId`` (``0x20B010DE``), the key of the built-in profile table.
+        compute_capability: (major, minor) from NVML; (8, 0) is GA100, whose MIG mode changes need a GPU reset.
+        profiles_assumed: the profile table comes from the built-in table for the PCI device id, not from NVML
+            (NVML refuses it while MIG is off or pending, or to this user); it is re-read once MIG is on.
+        gpu_instances: the GPU instances, with their placements, or None when NVML did not list them (not root, or
+            MIG off).
     """
 
     index: int
@@ -89,6 +130,10 @@ class GpuInfo:
     profiles: tuple[MigProfile, ...] = ()
     memory_slice_count: int = 0
     process_pids: tuple[int, ...] = ()
+    pci_device_id: int | None = None
+    compute_capability: tuple[int, int] | None = None
+    profiles_assumed: bool = False
+    gpu_instances: tuple[GpuInstanceInfo, ...] | None = None
 
     @property
     def mig_reset_pending(self) -> bool:
@@ -111,6 +156,8 @@ class Topology:
         driver_version: the NVIDIA driver version string, when NVML answered.
         cuda_driver_version: the CUDA version the driver supports (e.g. 12040), when NVML answered.
         warnings: problems found while probing that did not stop it (a lost GPU skipped...).
+        gpu_error: set when an NVIDIA driver is installed but NVML failed (not loaded, version mismatch...): the
+            reason and the fix. A config that asks for GPUs must stop with it rather than serve on CPU pools.
     """
 
     cpu: CpuTopology
@@ -119,3 +166,4 @@ class Topology:
     driver_version: str | None = None
     cuda_driver_version: int | None = None
     warnings: tuple[str, ...] = ()
+    gpu_error: str | None = None

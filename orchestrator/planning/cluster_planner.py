@@ -148,6 +148,9 @@ def _cpu_only_cluster(
     """No GPU anywhere: the single-node CPU plan of the head node."""
     if head is None:
         raise PlanError("no node has a GPU and the head node could not be probed: nowhere to run the CPU pools")
+    head_problems = _node_problems(config, [head], names, {head.node_id: []}, head)
+    if head_problems:
+        raise PlanError("\n".join(head_problems))
     single = plan(config, head.topology, footprint, capabilities)
     note = f"no GPU on any of the {len(nodes)} node(s): every instance runs on CPU pools of {names[head.node_id]}"
     return dataclasses.replace(
@@ -194,6 +197,29 @@ def _check_engine_per_node(
     return [chosen[i.name] for i in planned], lines
 
 
+def _node_problems(
+    config: Config,
+    nodes: Sequence[NodeTopology],
+    names: dict[str, str],
+    assigned: dict[str, list[InstanceConfig]],
+    cpu_head: NodeTopology | None,
+) -> list[str]:
+    """Nodes that would get replicas but cannot run them: the model folder is missing there (gpu-audit B6), or
+    their NVIDIA driver is broken while the config asks for GPUs (W4). One line each, naming the node."""
+    problems = []
+    for node in nodes:
+        name = names[node.node_id]
+        serves = bool(assigned[node.node_id]) or node is cpu_head
+        if serves and node.model_folder_present is False:
+            problems.append(
+                f"{name} (host {node.hostname}): the model folder does not exist there; replicas load it from the "
+                "same path on every node: copy it there, or put it on a path every node shares"
+            )
+        if node.topology.gpu_error is not None and any(i.type != "cpu" for i in config.mig_instances):
+            problems.append(f"{name} (host {node.hostname}): NVML failed there: {node.topology.gpu_error}")
+    return problems
+
+
 def plan_cluster(
     config: Config,
     nodes: Sequence[NodeTopology],
@@ -205,7 +231,9 @@ def plan_cluster(
     ``capabilities`` are the planning process's (``capabilities.detect()``); a probed node's own packages
     (``NodeTopology.packages``) decide flash attention and accelerate for its instances (``Capabilities.on_node``).
 
-    Every instance carries its node's ``node_id`` and ``node_ip``; ``gpu.gpu_index`` counts on that node. Notes are
+    A node that would get replicas but lacks the model folder (``NodeTopology.model_folder_present`` False), or whose
+    driver is broken while the config asks for GPUs, is refused by name. Every instance carries its node's
+    ``node_id`` and ``node_ip``; ``gpu.gpu_index`` counts on that node. Notes are
     prefixed with the node's name. Raises PlanError, one line per problem naming the nodes (what profiles and free
     slices each has, how to create a slice and where), when the config cannot be placed.
     """
@@ -229,6 +257,8 @@ def plan_cluster(
     if cpu_instances and head is None:
         who = ", ".join(repr(i.name) for i in cpu_instances)
         problems.append(f"instances {who}: CPU pools run on the head node, which could not be probed")
+
+    problems += _node_problems(config, nodes, names, assigned, head if cpu_instances else None)
 
     planned: list[PlannedInstance] = []
     notes: list[str] = []

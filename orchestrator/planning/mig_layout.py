@@ -1,8 +1,11 @@
-"""Pure MIG layout planning: which GPU instances to create so that every configured instance gets a slice.
+"""Pure MIG layout planning: which GPU instances to create, and where, so that every configured instance gets a slice.
 
-``plan_layout`` assigns the configured profiles to MIG-capable GPUs (GPU by GPU, largest profiles first), checks each
-against the profile's own placements and the GPU's memory slices, and returns the ``nvidia-smi`` commands that
-create the layout, or explains why it cannot fit. Nothing is run here: ``orchestrator mig plan --apply`` runs them.
+``plan_layout`` assigns the configured profiles to MIG-capable GPUs (GPU by GPU, largest profiles first), chooses a
+memory-slice start for each (``GpuLayout.placements``), and returns the ``nvidia-smi`` commands a person would run,
+or explains why it cannot fit. Real drivers do not place ``-cgi`` instances at the lowest free start (they fill the
+upper half first, gpu-audit B4), so ``mig_apply.apply_layout`` creates each GPU instance at its planned start through
+NVML instead of running the ``-cgi`` line. With MIG off the profiles may be assumed from the built-in table
+(``GpuInfo.profiles_assumed``); the plan says so, and applying re-reads NVML once MIG is on. Nothing is run here.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass, field
 
 from orchestrator.config import Config
 from orchestrator.contracts.errors import PlanError
+from orchestrator.hardware.mig_profile_table import board_for
 from orchestrator.hardware.topology import GpuInfo, MigProfile, Topology
+from orchestrator.planning.planner import broken_driver_problem
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,14 @@ class GpuLayout:
     commands: tuple[str, ...]
     destroys: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    placements: tuple[tuple[MigProfile, int], ...] = ()
+    enable_mig: bool = False
+    reset: bool = False
+
+    @property
+    def changes(self) -> bool:
+        """True when this GPU must be changed (its layout differs, or MIG must be enabled)."""
+        return bool(self.commands)
 
 
 @dataclass(frozen=True)
@@ -103,29 +116,70 @@ def creation_order(profiles: list[MigProfile], memory_slices: int) -> tuple[list
     return by_start, "created in memory-slice order: largest first would leave a later instance without a start"
 
 
-def _gpu_commands(gpu: GpuInfo, profiles: list[MigProfile]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(commands, descriptions of what is destroyed, notes) to turn the GPU into ``profiles``."""
+def needs_reset_for_mig(gpu: GpuInfo) -> bool:
+    """GA100 (A100, A30, A800: compute capability 8.0) applies a MIG mode change only at a GPU reset; Hopper and
+    later apply it at once (gpu-audit W9). Decided by architecture; by name only when NVML gave neither."""
+    board = board_for(gpu.pci_device_id)
+    if board is not None:
+        return board.architecture == "Ampere"
+    if gpu.compute_capability is not None:
+        return gpu.compute_capability == (8, 0)
+    return any(name in gpu.name for name in ("A100", "A30", "A800"))
+
+
+def pending_hint(gpu: GpuInfo) -> str:
+    """Why a MIG mode change can stay pending, and what to do (MIG user guide: daemons holding the GPU)."""
+    reset = f"sudo nvidia-smi -r -i {gpu.index} (or reboot)" if needs_reset_for_mig(gpu) else "a reboot"
+    return (
+        f"GPU {gpu.index}'s MIG mode change is still pending: stop what holds the GPU (sudo systemctl stop "
+        f"nvidia-dcgm nvsm; processes {', '.join(map(str, gpu.process_pids)) or 'none listed'}), then {reset}"
+    )
+
+
+def _gpu_commands(
+    gpu: GpuInfo, profiles: list[MigProfile]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[MigProfile, int], ...]]:
+    """(commands, descriptions of what is destroyed, notes, chosen placements) to turn the GPU into ``profiles``."""
+    starts = fit_placements(profiles, gpu.memory_slice_count) or []
+    placements = tuple(zip(_largest_first(profiles), starts, strict=True))
     wanted = Counter(p.name for p in profiles)
     existing = Counter(s.profile for s in gpu.slices)
-    if gpu.mig_enabled and not gpu.mig_reset_pending and wanted == existing:
-        return (), (), (f"GPU {gpu.index} already has this layout: nothing to do",)
+    stray = [g for g in gpu.gpu_instances or () if g.compute_instances == 0]
+    if gpu.mig_enabled and not gpu.mig_reset_pending and wanted == existing and not stray:
+        return (), (), (f"GPU {gpu.index} already has this layout: nothing to do",), placements
     commands: list[str] = []
     notes: list[str] = []
+    if gpu.profiles_assumed:
+        board = board_for(gpu.pci_device_id)
+        model = f" for {board.model}" if board is not None else ""
+        notes.append(
+            f"profiles assumed from the built-in table{model}: NVML lists them only once MIG is on; applying "
+            "re-reads NVML after enabling and re-plans"
+        )
     if not gpu.mig_enabled or gpu.mig_reset_pending:
         commands.append(f"nvidia-smi -i {gpu.index} -mig 1")
-        if "A100" in gpu.name or "A30" in gpu.name:
-            commands.append(f"nvidia-smi -r -i {gpu.index}")  # Ampere applies the mode at a GPU reset
+        if needs_reset_for_mig(gpu):
+            commands.append(f"nvidia-smi -r -i {gpu.index}")  # GA100 applies the mode at a GPU reset
+        elif gpu.mig_reset_pending:
+            notes.append(pending_hint(gpu))
     destroys = tuple(f"{s.profile} {s.uuid} (GPU instance {s.gpu_instance_id})" for s in gpu.slices)
-    if gpu.slices:
+    destroys += tuple(f"{g.profile} GPU instance {g.gpu_instance_id} without compute instance" for g in stray)
+    if gpu.mig_enabled:
+        # Always, even when nothing is listed: GPU instances without compute instances are no MIG devices and are
+        # unlisted as non-root, yet they hold memory slices (W10); nvidia-smi reports "not found" when none exist.
         commands.append(f"nvidia-smi mig -i {gpu.index} -dci")
         commands.append(f"nvidia-smi mig -i {gpu.index} -dgi")
+        if gpu.gpu_instances is None:
+            notes.append("GPU instances without compute instances cannot be listed without root: all are destroyed")
     ordered, order_note = creation_order(profiles, gpu.memory_slice_count)
     if order_note:
         notes.append(order_note)
     commands.append(f"nvidia-smi mig -i {gpu.index} -cgi {','.join(str(p.profile_id) for p in ordered)} -C")
+    where = ", ".join(f"{p.name} at memory slice {start}" for p, start in sorted(placements, key=lambda x: x[1]))
+    notes.append(f"--apply creates each GPU instance at its planned start through NVML: {where}")
     if gpu.process_pids:
         notes.append(f"GPU {gpu.index} is used by process(es) {', '.join(map(str, gpu.process_pids))}: stop them first")
-    return tuple(commands), destroys, tuple(notes)
+    return tuple(commands), destroys, tuple(notes), placements
 
 
 def plan_layout(config: Config, topology: Topology) -> LayoutPlan:
@@ -134,6 +188,9 @@ def plan_layout(config: Config, topology: Topology) -> LayoutPlan:
     Raises PlanError (one line per problem) for a profile that no GPU knows, or a set of profiles that does not fit
     the MIG-capable GPUs, saying why (memory slices, placements, per-GPU limits).
     """
+    broken = broken_driver_problem(config, topology)
+    if broken is not None:
+        raise PlanError(broken)
     capable = [g for g in topology.gpus if g.mig_supported]
     if not capable:
         names = ", ".join(sorted({g.name for g in topology.gpus})) or "no GPU found"
@@ -141,6 +198,9 @@ def plan_layout(config: Config, topology: Topology) -> LayoutPlan:
     requested = [i for i in config.mig_instances if i.type not in ("cpu", "gpu")]
     if not requested:
         raise PlanError("the config asks for no MIG slice (every instance is type: cpu or gpu)")
+    unread = [g for g in capable if not g.profiles and (not g.mig_enabled or g.mig_reset_pending)]
+    if unread and not any(g.profiles for g in capable):
+        return _enable_first(unread)
     problems = [
         f"instance {i.name!r}: profile {i.type!r} exists on no MIG-capable GPU here "
         f"(GPU {capable[0].index} has: {', '.join(p.name for p in capable[0].profiles)})"
@@ -181,6 +241,74 @@ def plan_layout(config: Config, topology: Topology) -> LayoutPlan:
         profiles = assigned[gpu.index]
         if not profiles:
             continue
-        commands, destroys, notes = _gpu_commands(gpu, profiles)
-        layouts.append(GpuLayout(gpu=gpu, profiles=tuple(profiles), commands=commands, destroys=destroys, notes=notes))
+        commands, destroys, notes, placements = _gpu_commands(gpu, profiles)
+        enable = bool(commands) and (not gpu.mig_enabled or gpu.mig_reset_pending)
+        layouts.append(
+            GpuLayout(
+                gpu=gpu,
+                profiles=tuple(profiles),
+                commands=commands,
+                destroys=destroys,
+                notes=notes,
+                placements=placements,
+                enable_mig=enable,
+                reset=enable and needs_reset_for_mig(gpu),
+            )
+        )
     return LayoutPlan(gpus=tuple(layouts))
+
+
+def _enable_first(gpus: list[GpuInfo]) -> LayoutPlan:
+    """MIG is off on GPUs whose board the built-in table does not know and NVML lists no profile while MIG is off
+    (B2): enable MIG first; the layout can be planned once NVML answers."""
+    layouts = []
+    for gpu in gpus:
+        commands = [f"nvidia-smi -i {gpu.index} -mig 1"]
+        reset = needs_reset_for_mig(gpu)
+        if reset:
+            commands.append(f"nvidia-smi -r -i {gpu.index}")
+        note = (
+            f"GPU {gpu.index} ({gpu.name}) lists no MIG profile while MIG is off and its board (PCI id "
+            f"{gpu.pci_device_id or 0:#010x}) is not in the built-in table: enable MIG, then run orchestrator mig plan "
+            "again to create the slices"
+        )
+        layouts.append(GpuLayout(gpu, (), tuple(commands), notes=(note,), enable_mig=True, reset=reset))
+    return LayoutPlan(gpus=tuple(layouts), notes=("MIG must be enabled before the layout can be planned",))
+
+
+def compare_layout(layout: LayoutPlan, topology: Topology) -> list[str]:
+    """What the hardware (re-probed after ``--apply``) differs from the plan, one line each; empty when it matches.
+
+    Compares GPU instances by profile and memory-slice start when NVML listed them (root), else MIG devices by
+    profile; names GPU instances without compute instances and GPUs whose MIG mode is not on.
+    """
+    by_uuid = {g.uuid: g for g in topology.gpus}
+    differences: list[str] = []
+    for planned in layout.gpus:
+        if not planned.placements:
+            continue
+        where = f"GPU {planned.gpu.index} ({planned.gpu.uuid})"
+        gpu = by_uuid.get(planned.gpu.uuid)
+        if gpu is None:
+            differences.append(f"{where}: not found when probed again")
+            continue
+        if not gpu.mig_enabled or gpu.mig_reset_pending:
+            differences.append(f"{where}: MIG is not enabled ({pending_hint(gpu)})")
+            continue
+        wanted = Counter((p.name, start) for p, start in planned.placements)
+        if gpu.gpu_instances is not None:
+            found = Counter((g.profile, g.start) for g in gpu.gpu_instances)
+            differences += [
+                f"{where}: planned {name} at memory slice {start}, not there" for name, start in wanted - found
+            ]
+            differences += [f"{where}: unplanned {name} at memory slice {start}" for name, start in found - wanted]
+            differences += [
+                f"{where}: GPU instance {g.gpu_instance_id} ({g.profile}) has no compute instance"
+                for g in gpu.gpu_instances
+                if g.compute_instances == 0
+            ]
+        else:
+            names, found_names = Counter(p.name for p, _ in planned.placements), Counter(s.profile for s in gpu.slices)
+            differences += [f"{where}: planned {n} x{k}, missing" for n, k in (names - found_names).items()]
+            differences += [f"{where}: unplanned {n} x{k}" for n, k in (found_names - names).items()]
+    return differences

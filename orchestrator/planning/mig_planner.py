@@ -124,15 +124,26 @@ def plan_gpu_instances(
     """Bind each instance to a free MIG slice of its profile, or (``type: gpu``) to ``gpus`` whole GPUs without MIG
     (the first free ones, in index order).
 
-    Returns the planned instances (ranks from 0, in config order) and notes (unused slices and GPUs). Raises
+    A slice with processes or memory in use (``MigSlice.busy_reason``) is not free: it is skipped with a note naming
+    it (gpu-audit W2). Returns the planned instances (ranks from 0, in config order) and notes (busy and unused slices,
+    unused GPUs). Raises
     PlanError with one line per problem: unknown profile, no free slice (with the free ones and the command that
     creates one), MIG disabled or waiting for a reset, a model bigger than its slice (or than the sum of its whole
     GPUs' memory), too few whole GPUs (saying how many exist and are free).
     """
     gpus = topology.gpus
     free: dict[int, list[MigSlice]] = {
-        g.index: list(g.slices) for g in gpus if g.mig_enabled and not g.mig_reset_pending
+        g.index: [s for s in g.slices if s.busy_reason is None]
+        for g in gpus
+        if g.mig_enabled and not g.mig_reset_pending
     }
+    busy_notes = [
+        f"MIG slice {s.profile} {s.uuid} on GPU {g.index} skipped: {s.busy_reason}"
+        for g in gpus
+        if g.index in free
+        for s in g.slices
+        if s.busy_reason is not None
+    ]
     whole = [g for g in gpus if not g.mig_enabled and not g.mig_pending_enabled]
     without_mig = len(whole)
     by_index = {g.index: g for g in gpus}
@@ -154,7 +165,19 @@ def plan_gpu_instances(
             binding = _whole_binding(taken)
             capacity = sum(capacity_for_sms(_whole_sms(g)) for g in taken)
         else:
-            knowing = [g for g in gpus if g.profile(instance.type) is not None]
+            # A profile is known from the GPU's table or, when NVML refused the table (W5), from existing slices.
+            knowing = [
+                g
+                for g in gpus
+                if g.profile(instance.type) is not None or any(s.profile == instance.type for s in g.slices)
+            ]
+            unread = [g for g in gpus if g.mig_supported and not g.profiles]
+            if not knowing and state_problem is not None and unread:
+                # MIG off or pending and no table for this board: the profile cannot be checked before enabling (B2).
+                problems.append(
+                    f"{where}: {state_problem} (GPU {unread[0].index}'s profile table is unknown until MIG is on)"
+                )
+                continue
             if not knowing:
                 tables = "; ".join(
                     f"GPU {g.index} ({g.name}): {', '.join(p.name for p in g.profiles) or 'no MIG profiles'}"
@@ -171,10 +194,15 @@ def plan_gpu_instances(
             if match is None:
                 target = next((g for g in knowing if g.index in free), knowing[0])
                 profile = target.profile(instance.type)
-                assert profile is not None
+                create = (
+                    f"create one with sudo nvidia-smi mig -i {target.index} -cgi {profile.profile_id} -C, or see "
+                    "orchestrator mig plan"
+                    if profile is not None
+                    else "see orchestrator mig plan"
+                )
+                busy = f"; {'; '.join(busy_notes)}" if busy_notes else ""
                 problems.append(
-                    f"{where}: no free {instance.type} slice (free slices: {_describe_free(free)}); create one with "
-                    f"sudo nvidia-smi mig -i {target.index} -cgi {profile.profile_id} -C, or see orchestrator mig plan"
+                    f"{where}: no free {instance.type} slice (free slices: {_describe_free(free)}{busy}); {create}"
                 )
                 continue
             gpu_index, mig = match
@@ -199,7 +227,7 @@ def plan_gpu_instances(
 
     if problems:
         raise PlanError("\n".join(problems))
-    notes = [
+    notes = busy_notes + [
         f"unused MIG slice on GPU {index}: {s.profile} {s.uuid} (GPU instance {s.gpu_instance_id})"
         for index, slices in free.items()
         for s in slices

@@ -163,6 +163,22 @@ def check_engine(
     return chosen, lines
 
 
+def broken_driver_problem(config: Config, topology: Topology) -> str | None:
+    """Why a config that asks for GPUs cannot be planned on a machine whose NVIDIA driver is broken, or None.
+
+    Only "no driver installed" means a CPU machine; a driver that is there but fails (not loaded, version mismatch
+    after an upgrade...) must be fixed, not silently replaced by CPU pools (gpu-audit W4).
+    """
+    wanted = [i for i in config.mig_instances if i.type != "cpu"]
+    if topology.gpu_error is None or not wanted:
+        return None
+    names = ", ".join(f"{i.name!r} ({i.type})" for i in wanted)
+    return (
+        f"instances {names} need a GPU, but NVML failed on this machine: {topology.gpu_error}. Fix the driver and run "
+        "orchestrator doctor, or set type: cpu to serve on CPU pools"
+    )
+
+
 def plan(
     config: Config,
     topology: Topology,
@@ -171,13 +187,17 @@ def plan(
 ) -> Plan:
     """Place every configured instance on the hardware found.
 
-    Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display). With GPUs, ``cpu``
-    instances take CPU pools, ``gpu`` instances take ``gpus`` whole GPUs without MIG, and every other instance takes
-    a free MIG slice of its profile (see ``orchestrator/planning/mig_planner.py``). ``capabilities`` are what imports
-    where the replicas will run (``capabilities.detect()`` for this machine; the default is a plain install). Raises
-    PlanError, one line per problem, when the config cannot be placed.
+    Without GPUs every instance is mapped onto a CPU pool (its ``type`` is kept for display), unless the NVIDIA
+    driver is installed but broken and the config asks for GPUs (PlanError with the reason and the fix). With GPUs,
+    ``cpu`` instances take CPU pools, ``gpu`` instances take ``gpus`` whole GPUs without MIG, and every other
+    instance takes a free MIG slice of its profile (see ``orchestrator/planning/mig_planner.py``). ``capabilities``
+    are what imports where the replicas will run (``capabilities.detect()`` for this machine; the default is a plain
+    install). Raises PlanError, one line per problem, when the config cannot be placed.
     """
     if not topology.gpus:
+        broken = broken_driver_problem(config, topology)
+        if broken is not None:
+            raise PlanError(broken)
         planned, notes = plan_cpu_pools(config, topology, list(config.mig_instances))
         if not planned:
             raise PlanError("no instance could be placed on the CPU pools")

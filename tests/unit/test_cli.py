@@ -59,37 +59,37 @@ def test_up_refuses_a_busy_port_in_one_line_before_starting_ray() -> None:
 
 
 def test_mig_plan_dry_run_then_apply(tmp_path: Path, monkeypatch) -> None:
-    import subprocess
+    """Dry run prints the commands; --apply needs root, refuses a GPU in use before changing anything, and otherwise
+    leaves the GPU holding the planned layout (applied through the strict fake NVML, then probed again)."""
+    import copy
+    import json
 
     import orchestrator.cli.gpu as cli_gpu
-    from tests.unit.test_mig_planner import SEVEN_1G, a100, topo
+    from orchestrator.hardware import probe
+    from tests.fake_nvml import FIXTURES, install_fake_nvml
 
-    monkeypatch.setattr(cli_gpu, "probe_topology", lambda: topo(a100(layout=SEVEN_1G)))
+    seven_1g = json.loads((FIXTURES / "a100_40gb_7x1g5gb.json").read_text())
+    install_fake_nvml(monkeypatch, copy.deepcopy(seven_1g))  # process 31337 runs on one of the slices
     config = tmp_path / "c.yaml"
     config.write_text("mig_instances:\n  - name: big\n    type: 3g.20gb\n  - name: small\n    type: 1g.5gb\n")
     dry = runner.invoke(app, ["mig", "plan", "--config", str(config)])
     assert dry.exit_code == 0, dry.output
-    assert "sudo nvidia-smi mig -i 0 -cgi 9,19 -C" in dry.output and "Dry run" in dry.output
-    assert dry.output.count("destroys") == 7
+    assert "-cgi" in dry.output and "Dry run" in dry.output and dry.output.count("destroys") == 7
 
-    ran: list[str] = []
-
-    def fake_run(command: str) -> subprocess.CompletedProcess[str]:
-        ran.append(command)
-        failing = command.endswith("-dgi")
-        return subprocess.CompletedProcess(
-            command, 1 if failing else 0, "", "In use by another client" if failing else ""
-        )
-
-    monkeypatch.setattr(cli_gpu, "run_command", fake_run)
     monkeypatch.setattr(cli_gpu.os, "geteuid", lambda: 1000)
     not_root = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"])
-    assert not_root.exit_code == 1 and "needs root" in not_root.output and ran == []
+    assert not_root.exit_code == 1 and "needs root" in not_root.output
     monkeypatch.setattr(cli_gpu.os, "geteuid", lambda: 0)
-    applied = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"])
-    assert applied.exit_code == 1
-    assert ran == ["nvidia-smi mig -i 0 -dci", "nvidia-smi mig -i 0 -dgi"]  # stops at the first failure
-    assert "In use by another client" in applied.output and "nothing after it was run" in applied.output
+    busy = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"], env={"COLUMNS": "200"})
+    assert busy.exit_code == 1 and "used by process(es) 31337: stop them first; nothing was changed" in busy.output
+    assert len(probe.probe_topology().gpus[0].slices) == 7
+
+    seven_1g["gpus"][0]["processes"] = []
+    install_fake_nvml(monkeypatch, seven_1g)
+    applied = runner.invoke(app, ["mig", "plan", "--config", str(config), "--apply", "--yes"], env={"COLUMNS": "200"})
+    assert applied.exit_code == 0, applied.output
+    assert "Done" in applied.output and applied.output.count("destroyed GPU instance") == 7
+    assert sorted(s.profile for s in probe.probe_topology().gpus[0].slices) == ["1g.5gb", "3g.20gb"]
 
 
 def test_doctor_exit_code_follows_failures(monkeypatch) -> None:

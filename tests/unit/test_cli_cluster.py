@@ -7,6 +7,7 @@ the per-node probe tasks are replaced; the CLI, the planner and the front door a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,13 @@ def cpu_head_with_gpu_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     calls: list[str] = []
     monkeypatch.setattr(deploy, "connect_ray", lambda loaded, num_cpus=None: calls.append("join") or ())
     monkeypatch.setattr(deploy, "disconnect_ray", lambda: calls.append("leave"))
-    monkeypatch.setattr(cluster_probe, "discover_nodes", lambda *a, **k: (tuple(nodes), ()))
+
+    def discover(model_folder: str | None = None, **_kwargs: object) -> tuple[tuple[NodeTopology, ...], tuple[()]]:
+        # As the probe task does on each node: the folder the replicas will load is there.
+        assert model_folder is not None and Path(model_folder).is_dir()
+        return tuple(dataclasses.replace(n, model_folder_present=True) for n in nodes), ()
+
+    monkeypatch.setattr(cluster_probe, "discover_nodes", discover)
     from tests.integration.conftest import free_port
 
     config_path = tmp_path / "cluster.yaml"
@@ -95,3 +102,23 @@ def test_up_plans_once_over_the_cluster_not_first_on_the_head(
     assert len(deployed) == 1 and len(deployed[0]) == 3 and set(deployed[0]) == {"10.0.0.2", "10.0.0.3"}
     assert calls == ["join", "shutdown"]
     assert result.output.count("Placement of") == 1  # planned (and printed) once
+
+
+def test_plan_refuses_a_node_that_lacks_the_model_folder_by_name(
+    cpu_head_with_gpu_workers: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpu-audit B6: the head's model path is used on every node; a node without it is named, not a failed replica."""
+    config_path, calls = cpu_head_with_gpu_workers
+    third = node(monkeypatch, "a100_80gb_mixed", "10.0.0.9")
+    original = cluster_probe.discover_nodes
+
+    def with_third(**kwargs: object):  # type: ignore[no-untyped-def]
+        nodes, warnings = original(**kwargs)
+        return (*nodes, dataclasses.replace(third, model_folder_present=False)), warnings
+
+    monkeypatch.setattr(cluster_probe, "discover_nodes", with_third)
+    config_path.write_text(config_path.read_text() + "  - {name: d, type: 1g.10gb}\n  - {name: e, type: 1g.10gb}\n")
+    result = runner.invoke(app, ["plan", "--config", str(config_path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "10.0.0.9" in result.output and "the model folder does not exist there" in result.output
+    assert calls == ["join", "leave"]

@@ -272,7 +272,7 @@ class FakeRay:
                 fake.pinned.append(scheduling_strategy.node_id)
                 return self
 
-            def remote(self, probe):
+            def remote(self, probe, model_folder=None):
                 return fake.pinned[-1]  # the "object ref" is the node id
 
         return Task
@@ -298,19 +298,19 @@ def test_discover_nodes_skips_failed_and_silent_nodes_with_one_line(monkeypatch:
         [ray_node(w1, "10.0.0.2"), ray_node(h, "10.0.0.1", head=True), ray_node(w2, "10.0.0.3")]
         + [ray_node(w3, "10.0.0.4"), ray_node(w4, "10.0.0.5")],
         {
-            h: (topology, "head-host", frozenset()),
+            h: (topology, "head-host", frozenset(), True),
             w1: failure,
             w2: "hang",
             w3: crash,
-            w4: (topology, "w4-host", frozenset({"accelerate"})),
+            w4: (topology, "w4-host", frozenset({"accelerate"}), False),
         },
     )
     fake.install(monkeypatch)
     nodes, warnings = discover_nodes(timeout_s=1.5)
     assert fake.pinned == [h, w1, w2, w3, w4]
-    assert [(n.node_id, n.hostname, n.is_head, n.packages) for n in nodes] == [
-        (h, "head-host", True, frozenset()),
-        (w4, "w4-host", False, frozenset({"accelerate"})),
+    assert [(n.node_id, n.hostname, n.is_head, n.packages, n.model_folder_present) for n in nodes] == [
+        (h, "head-host", True, frozenset(), True),
+        (w4, "w4-host", False, frozenset({"accelerate"}), False),
     ]
     assert warnings == (
         "node 10.0.0.2: hardware probe failed (ValueError: NVML exploded); node skipped",
@@ -343,3 +343,21 @@ def test_each_node_gets_its_own_application_pinned_to_it(cluster: list[NodeTopol
     finally:
         for forwarder in spread._forwarders:
             forwarder.stop_watching()
+
+
+def test_a_node_without_the_model_folder_is_refused_by_name(cluster: list[NodeTopology]) -> None:
+    """B6: replicas load the head's path as is; a node that lacks it is named before anything is deployed."""
+    cluster = [dataclasses.replace(n, model_folder_present=n.node_ip != "10.0.0.2") for n in cluster]
+    with pytest.raises(PlanError, match=r"node 10\.0\.0\.2 \(host host-10\.0\.0\.2\): the model folder does not exist"):
+        plan_cluster(config("3g.40gb", "3g.40gb"), cluster)
+    # A node that gets no replica may lack it.
+    assert plan_cluster(config("3g.40gb"), cluster).instances[0].node_ip == "10.0.0.1"
+
+
+def test_the_probe_task_reports_whether_the_model_folder_exists(tmp_path) -> None:
+    from orchestrator.hardware.cluster_probe import _probe_on_node
+
+    topology = Topology(cpu=CORES)
+    assert _probe_on_node(lambda: topology, str(tmp_path))[3] is True
+    assert _probe_on_node(lambda: topology, str(tmp_path / "missing"))[3] is False
+    assert _probe_on_node(lambda: topology)[3] is None

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from orchestrator.doctor import run_checks
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
@@ -77,3 +78,19 @@ def test_doctor_on_a_gpu_machine_names_the_torch_build(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["doctor"], env={"COLUMNS": "250"})
     assert result.exit_code == 1, result.output
     assert "torch for the GPUs" in result.output and "CUDA 13.0" in result.output
+
+
+def test_a_driver_below_the_gpus_mig_floor_fails_and_a_broken_driver_is_not_no_gpu(monkeypatch) -> None:
+    """gpu-audit W6 and W4 in doctor: an H200 on R535 passes the old R450 floor but cannot run MIG; a driver that is
+    installed but does not answer NVML is a failure with its reason, not the "no GPU, CPU serves" warning."""
+    from orchestrator.hardware.probe import probe_topology
+    from tests.fake_nvml import FIXTURES, install_fake_nvml
+
+    raw = json.loads((FIXTURES / "h200_mixed.json").read_text())
+    raw["driver_version"] = "535.183.01"
+    install_fake_nvml(monkeypatch, raw)
+    failing = [check for check in run_checks(probe_topology(), {}) if check.status == "fail"]
+    assert any(c.name == "driver version" and ">= 550.90.07" in c.detail and "535.183.01" in c.detail for c in failing)
+    install_fake_nvml(monkeypatch, "driver_version_mismatch")
+    driver = by_name(run_checks(probe_topology(), {}))["NVIDIA driver"]
+    assert driver.status == "fail" and "mismatch" in driver.detail.lower()

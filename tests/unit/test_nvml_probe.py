@@ -311,7 +311,7 @@ def test_library_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_driver_not_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
     install_fake_nvml(monkeypatch, "driver_not_loaded")
-    with pytest.raises(NvmlUnavailable, match=r"^the NVIDIA kernel driver is not loaded \(Driver Not Loaded\)$"):
+    with pytest.raises(NvmlUnavailable, match=r"^the NVIDIA kernel driver is not loaded \(Driver Not Loaded\): load"):
         probe_gpus()
     note = probe_topology().gpu_note
     assert note is not None and note.startswith("No GPU found: ") and note.endswith("; serving on CPU pools.")

@@ -103,16 +103,21 @@ def open_front_door(loaded: LoadedConfig) -> FrontDoorServer:
     return front
 
 
-def stop(front: FrontDoorServer) -> None:
-    """Stop taking requests and finish those in flight, then stop Serve and Ray, and end any process left."""
+def stop(front: FrontDoorServer | None, drain: bool = True) -> None:
+    """Stop taking requests and finish those in flight, then stop Serve and Ray, and end any process left.
+
+    ``drain=False`` is for a start-up cut short (Ctrl-C, a failed deploy): nothing was served, so Serve's graceful
+    shutdown is skipped where Ray ends with this process anyway.
+    """
     from orchestrator.serving import deploy
     from orchestrator.serving.quiet_shutdown import quiet_serve_shutdown
 
     with quiet_serve_shutdown():
         try:
-            front.stop()
+            if front is not None:
+                front.stop()
         finally:
             try:
-                deploy.shutdown()
+                deploy.shutdown(drain=drain)
             finally:
                 kill_descendants()  # what Ray left (agents of a dead raylet, a worker stuck in a call)

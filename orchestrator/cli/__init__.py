@@ -4,6 +4,8 @@ or running failed."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from orchestrator.cli.gpu import doctor_command, mig_app, worker_command
@@ -15,7 +17,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help prints a type beside every flag (--verbose <bool>), as if it took a value.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mig-orchestrator {version('mig-orchestrator')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Serve text-embedding models with one replica per MIG slice (or CPU pool), behind one endpoint."""
+
+
 app.command("plan")(plan_command)
 app.command("up")(up_command)
 app.command("export")(export_command)

@@ -18,7 +18,7 @@ from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.mig_layout import LayoutPlan, plan_layout
 from orchestrator.serving.ray_access import RayAccessError, cluster_access
 
-mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True)
+mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True, rich_markup_mode=None)
 
 _STATUS_STYLE = {"pass": "[green]pass[/green]", "warn": "[yellow]warn[/yellow]", "fail": "[red]FAIL[/red]"}
 

@@ -115,6 +115,25 @@ def up_command(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    try:
+        started = time.monotonic()
+        front, loaded, placement = _start(config, port, timeout_s)
+    except KeyboardInterrupt:  # before anything was started (planning, the ONNX export): nothing to stop
+        console.print("Interrupted: nothing was started.")
+        raise typer.Exit(130) from None
+    server = loaded.config.server
+    console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
+    url = f"http://{server.host}:{server.port}"
+    console.print(f"Serving {loaded.model_name} at {url}  (POST /v1/embeddings, POST /embed, GET /health, GET /info)")
+    console.print(f"Dashboard: {url}/dashboard   Prometheus metrics: {url}/metrics   Instances: orchestrator status")
+    console.print("Press Ctrl-C to stop.")
+    from orchestrator.serving import deploy
+
+    _serve_until_stopped(front, deploy.control_plane_problem)
+
+
+def _start(config: Path, port: int | None, timeout_s: float) -> tuple[FrontDoorServer, LoadedConfig, Plan]:
+    """Everything up to Ready; a failure or a Ctrl-C on the way stops what was started and exits (1, 2 or 130)."""
     loaded = _load(config, port)
     placement: Plan | None = None  # with ray.address: planned once, over the cluster, after joining it
     if not loaded.config.ray.address:
@@ -127,7 +146,6 @@ def up_command(
         raise fail(error.message, 1) from None
     from orchestrator.serving import deploy
 
-    started = time.monotonic()
     try:
         with console.status("Starting Ray...") as status:
             for message in deploy.start_ray(loaded):
@@ -144,26 +162,33 @@ def up_command(
             status.update("Connecting the front door to every instance...")
             deploy.attach_front_door(front, loaded, placement, lane_token)
     except (PlanError, RayAccessError) as error:  # the cluster cannot hold the config or be joined: nothing deployed
-        steps.stop(front)
+        _abort(front)
         raise fail(error.message, 2) from None
     except OrchestratorError as error:
-        steps.stop(front)
+        _abort(front)
         raise fail(f"{error.message} (run with --verbose to see the replicas' logs)", 1) from None
     except Exception as error:  # Ray's own failures arrive as long tracebacks: keep the last line
-        steps.stop(front)
+        _abort(front)
         last_line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
         raise fail(f"starting the service failed: {last_line} (run with --verbose for details)", 1) from None
     except KeyboardInterrupt:
-        steps.stop(front)
+        with console.status("Interrupted: stopping what was started..."):
+            _abort(front)
+        console.print("Stopped.")
         raise typer.Exit(130) from None
-    server = loaded.config.server
-    console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
-    console.print(
-        f"Serving {loaded.model_name} at http://{server.host}:{server.port}  "
-        "(POST /v1/embeddings, POST /embed, GET /health, GET /info)"
-    )
-    console.print("Press Ctrl-C to stop.")
-    _serve_until_stopped(front, deploy.control_plane_problem)
+    return front, loaded, placement
+
+
+def _abort(front: FrontDoorServer) -> None:
+    """Stop a start-up cut short, quickly (nothing was served: no drain); a further Ctrl-C ends at once."""
+
+    def now(signum: int, _frame: object) -> None:
+        kill_descendants()
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, now)
+    steps.stop(front, drain=False)
 
 
 def _serve_until_stopped(front: FrontDoorServer, control_plane_problem: Callable[[], str | None]) -> None:

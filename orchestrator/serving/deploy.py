@@ -44,6 +44,9 @@ SERVE_ENV = {
 }
 
 
+_joined_cluster = False  # set by connect_ray: a joined cluster outlives us, an embedded Ray ends with us
+
+
 @dataclass(frozen=True)
 class ServeTuning:
     """Serve settings that tests shorten; the defaults suit a real service."""
@@ -93,6 +96,8 @@ def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str,
         os.environ.setdefault(name, value)
     import ray
 
+    global _joined_cluster
+    _joined_cluster = bool(ray_config.address)
     if not ray.is_initialized():
         refresh_ray_config(loopback_only=not ray_config.address)
         if ray_config.address:
@@ -372,17 +377,22 @@ def failure_reason(message: str) -> str:
     return lines[-1].strip() if lines else "no reason given"
 
 
-def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S, drain: bool = True) -> None:
     """Stop Serve (draining in-flight requests) and Ray, each within ``timeout_s``: with the control plane gone,
-    Serve is not asked (it would wait for its dead controller) and Ray's processes are stopped directly."""
+    Serve is not asked (it would wait for its dead controller) and Ray's processes are stopped directly.
+
+    ``drain=False`` (a start-up interrupted: nothing is being served) skips Serve's graceful shutdown on an embedded
+    Ray, whose processes all end with it anyway; on a joined cluster Serve is still asked to remove what was deployed.
+    """
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
-    if control_plane_problem(timeout_s=1.0) is None:
+    if (drain or _joined_cluster) and control_plane_problem(timeout_s=1.0) is None:
         _within(timeout_s, serve.shutdown, "Serve's shutdown")
     _within(timeout_s, ray.shutdown, "Ray's shutdown")
+
 
 
 async def shutdown_serve_async(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:

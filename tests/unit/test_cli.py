@@ -204,3 +204,13 @@ workers.backends.onnx_export.OnnxExportError: the ONNX cache path /tmp/blockfile
     assert failure_reason("Failed to update the deployments ['EmbeddingReplica'].") == (
         "Failed to update the deployments ['EmbeddingReplica']."
     )
+
+
+def test_version_and_flags_read_as_flags() -> None:
+    from importlib.metadata import version
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"mig-orchestrator {version('mig-orchestrator')}"
+    help_text = runner.invoke(app, ["up", "--help"]).output
+    verbose = next(line for line in help_text.splitlines() if "--verbose" in line)
+    assert "<bool>" not in verbose and "-v, --verbose" in verbose  # a flag takes no value
+    assert "--port <int>" in help_text

@@ -394,7 +394,6 @@ def shutdown(timeout_s: float = SHUTDOWN_TIMEOUT_S, drain: bool = True) -> None:
     _within(timeout_s, ray.shutdown, "Ray's shutdown")
 
 
-
 async def shutdown_serve_async(timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
     """``serve.shutdown_async`` within ``timeout_s``, skipped when the control plane is gone (the front door's
     on-close step)."""

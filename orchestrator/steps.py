@@ -20,6 +20,7 @@ from orchestrator import capabilities
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.contracts.errors import DeployError
 from orchestrator.contracts.plan import Plan
+from orchestrator.doctor import ServingFacts
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.planner import plan
 from orchestrator.serving.control_plane import kill_descendants
@@ -92,6 +93,53 @@ def export_in_child(config_path: Path) -> str:
         reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1] if lines else "")
         raise DeployError(reason.removeprefix("error: ") or f"the ONNX export failed (exit code {done.returncode})")
     return (done.stdout.strip().splitlines() or [""])[-1]
+
+
+def serving_facts(loaded: LoadedConfig, placement: Plan) -> ServingFacts:
+    """Look, without starting anything, at what ``up`` needs on this machine besides the GPUs."""
+    from workers.backends.onnx_export import (
+        OnnxExportError,
+        cache_key,
+        check_cache_dir,
+        default_cache_dir,
+        entry_is_valid,
+        export_space_needed,
+    )
+
+    model = loaded.config.model
+    root = Path(model.onnx_cache_dir) if model.onnx_cache_dir else default_cache_dir()
+    onnx_needed = any(instance.backend == "onnx" for instance in placement.instances)
+    cache_problem, cache_detail = None, "no instance here uses the onnx backend"
+    if onnx_needed:
+        if entry_is_valid(root / cache_key(loaded.model_folder, model.quantize)):
+            cache_detail = f"the graph of {loaded.model_name} is cached in {root}"
+        else:
+            try:
+                check_cache_dir(root, export_space_needed(loaded.model_folder))
+                cache_detail = f"{root} is writable: the first up exports {loaded.model_name} there (about 15-25 s)"
+            except OnnxExportError as error:
+                cache_problem = str(error)
+    return ServingFacts(
+        onnx_needed=onnx_needed,
+        onnx_installed=capabilities.detect().onnx,
+        cache_problem=cache_problem,
+        cache_detail=cache_detail,
+        address=f"{loaded.config.server.host}:{loaded.config.server.port}",
+        port_problem=_port_problem(loaded.config.server.host, loaded.config.server.port),
+    )
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT does not count
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return f"{host}:{port} cannot be listened on ({error.strerror}): stop what holds it, or set server.port"
+    return None
 
 
 def open_front_door(loaded: LoadedConfig) -> FrontDoorServer:

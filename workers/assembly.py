@@ -1,53 +1,74 @@
 """How one instance is put together in its replica: pin to the slice or pool, read the model card, load the
-tokenizer and the planned backend, warm it up and calibrate the batcher, and wire the service with its metrics.
+tokenizer and the planned backend, warm it up and calibrate the batcher, and wire the service with its metrics and
+the health of its device.
 
-It knows nothing of Ray or Serve (``replica.py`` is the deployment and calls ``build_instance_service`` once per
-replica), so each step is testable with a plan and a model folder.
+It knows nothing of Ray or Serve (``replica.py`` is the deployment and calls ``build_instance`` once per replica), so
+each step is testable with a plan and a model folder.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from orchestrator.contracts.plan import PlannedInstance
 from orchestrator.contracts.replica_spec import ReplicaSpec
+from workers.device_health import DeviceHealth
 
 logger = logging.getLogger(__name__)
 
 
+class BuiltInstance(NamedTuple):
+    """A ready instance: the service that answers requests, and the health of the device it computes on."""
+
+    service: Any  # workers.service.EmbeddingService
+    health: DeviceHealth
+
+
 def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
-    """Pin to the instance's pool, load the model and return its EmbeddingService."""
+    """Pin to the instance's pool, load the model and return its EmbeddingService (see ``build_instance``)."""
+    return build_instance(spec, instance).service
+
+
+def build_instance(spec: ReplicaSpec, instance: PlannedInstance) -> BuiltInstance:
+    """Pin to the instance's pool or GPU, load the model and return its EmbeddingService and DeviceHealth.
+
+    Every batch (warm-up and calibration included) runs through the health guard: a sticky CUDA error marks the
+    device lost and later batches are refused. Raises PinningError, EngineChoiceError and the loaders' errors.
+    """
     from workers.batcher import Batcher
     from workers.calibration import measure_batch_overhead_tokens
     from workers.instance_metrics import InstanceMetrics
     from workers.model_card import read_model_card
-    from workers.pinning import pin_to_cpu_pool, pin_to_gpu_devices
+    from workers.pinning import pin_to_binding, pin_to_cpu_pool
     from workers.service import EmbeddingService, ServiceInfo
     from workers.tokenizer import TextTokenizer
 
     device = "cpu"
     if instance.gpu is not None:
-        pin_to_gpu_devices(instance.gpu.device_uuids)  # before anything touches CUDA
+        recognised_by = pin_to_binding(instance.gpu)  # before anything touches CUDA
+        logger.info("instance %s: pinned to %s (%s)", instance.name, ",".join(instance.gpu.device_uuids), recognised_by)
         device = "cuda"
+    health = DeviceHealth(f"{device} device of instance {instance.name}")
     pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
     folder = Path(spec.model_folder)
     card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
     tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
     backend = load_backend(spec, instance, card, device)
+    embed = health.guard(backend.embed)
     # One warm-up forward so the first client does not pay for lazy initialisation, then (unless configured) the
     # fixed cost of a forward pass, which sets where the batcher cuts length-sorted texts into batches.
     row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
     overhead = instance.batch_overhead_tokens
     if overhead is None:
-        overhead = measure_batch_overhead_tokens(backend.embed, row)
+        overhead = measure_batch_overhead_tokens(embed, row)
     else:
-        backend.embed([row])
+        embed([row])
     logger.info("instance %s: a forward pass costs as much as %.0f padded tokens", instance.name, overhead)
     metrics = InstanceMetrics()
     batcher = Batcher(
-        backend.embed,
+        embed,
         max_batch_size=instance.batch_size,
         max_batch_tokens=instance.max_batch_tokens,
         max_wait_ms=instance.max_wait_ms,
@@ -69,13 +90,15 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         prompts=card.prompts,
         default_prompt_name=card.default_prompt_name,
         request_timeout_s=spec.request_timeout_s,
+        accept_token_ids=spec.accept_token_ids,
+        auto_truncate=spec.auto_truncate,
     )
     memory_probe: Any = None
     if instance.gpu is not None:  # the slice's (or GPUs') memory from NVML; CPU pools report process memory
         from orchestrator.hardware.nvml_memory import devices_memory_probe
 
         memory_probe = devices_memory_probe(instance.gpu.device_uuids)
-    return EmbeddingService(
+    service = EmbeddingService(
         tokenizer,
         batcher,
         info,
@@ -84,6 +107,7 @@ def build_instance_service(spec: ReplicaSpec, instance: PlannedInstance) -> Any:
         capacity=instance.capacity,
         **({"memory_probe": memory_probe} if memory_probe is not None else {}),
     )
+    return BuiltInstance(service, health)
 
 
 def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device: str) -> Any:
@@ -114,19 +138,48 @@ def load_backend(spec: ReplicaSpec, instance: PlannedInstance, card: Any, device
             return backend_for(graph.path)
     from orchestrator.capabilities import detect
     from orchestrator.planning.engine_choice import choose_engine
+    from workers.backends.gpu_probe import FLASH_NOT_INSTALLED, probe_gpu, trained_dtype
     from workers.backends.torch_backend import TorchBackend
 
-    # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
-    flash_attn = detect().flash_attn
-    engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, flash_attn)
+    folder = Path(spec.model_folder)
+    if device == "cpu":
+        # Looked up here, in the replica's own process: the model loads in this environment, not the planner's.
+        engine = choose_engine(device, card.model_type, spec.dtype, spec.attn_implementation, detect().flash_attn)
+    else:
+        # Decided where the GPU is seen: its capability, and whether flash attention really loads here (B5, W8).
+        facts = probe_gpu()
+        engine = choose_engine(
+            device,
+            card.model_type,
+            spec.dtype,
+            spec.attn_implementation,
+            facts.flash_problem is None,
+            compute_capability=facts.capability,
+            trained_dtype=trained_dtype(folder),
+        )
+        note = engine.note
+        if note and facts.flash_problem is not None:
+            note = f"{note}: {facts.flash_problem}"
+        # A flash-attn that is installed but does not work is worth a warning; one that is absent is a choice.
+        broken = bool(engine.note) and facts.flash_problem not in (None, FLASH_NOT_INSTALLED)
+        logger.log(
+            logging.WARNING if broken else logging.INFO,
+            "instance %s on %s (sm%d%d): %s, %s attention%s",
+            instance.name,
+            facts.name,
+            *facts.capability,
+            engine.dtype,
+            engine.attn_implementation,
+            f" ({note})" if note else "",
+        )
     device_map = None
     if instance.gpu is not None and instance.gpu.device_count > 1:
         from workers.backends.device_map import balanced_device_map, visible_free_memory
 
-        device_map = balanced_device_map(Path(spec.model_folder), engine.dtype, visible_free_memory())
+        device_map = balanced_device_map(folder, engine.dtype, visible_free_memory())
         logger.info("instance %s: layers split over %d GPUs: %s", instance.name, instance.gpu.device_count, device_map)
     return TorchBackend(
-        Path(spec.model_folder),
+        folder,
         card.pooling,
         engine.dtype,
         device,

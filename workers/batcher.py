@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.contracts.errors import BackendFailure, Overloaded
+from orchestrator.contracts.errors import BackendFailure, OrchestratorError, Overloaded
 from orchestrator.contracts.lane_protocol import DEFAULT_LOAD_WINDOW_S
 from workers.admission import WorkAdmission
+from workers.backends import PartialBatchFailure
 
 logger = logging.getLogger(__name__)
 
@@ -328,12 +329,23 @@ class Batcher:
                 text.request.started_at = started
         try:
             vectors = await loop.run_in_executor(self._executor, self._run_batch, [t.tokens for t in batch])
+        except PartialBatchFailure as partial:  # some texts did not fit: only their requests fail
+            for row, error in partial.failures.items():
+                _fail(batch[row].request, error)
+            self._deliver(
+                [text for row, text in enumerate(batch) if row not in partial.failures],
+                [vector for vector in partial.vectors if vector is not None],
+                self._clock(),
+            )
+        except OrchestratorError as error:  # said by the backend for the client (a lost device: 503): as it is
+            logger.warning("batch of %d texts failed: %s", len(batch), error.message)
+            for text in batch:
+                _fail(text.request, error)
         except Exception as error:  # the model failed: fail these requests, keep serving the others
             logger.exception("batch of %d texts failed", len(batch))
             failure = BackendFailure(f"the model failed on a batch: {type(error).__name__}: {error}")
             for text in batch:
-                if not text.request.future.done():
-                    text.request.future.set_exception(failure)
+                _fail(text.request, failure)
         else:
             finished = self._clock()
             self._batches_done += 1
@@ -343,24 +355,29 @@ class Batcher:
             if self._on_batch is not None:
                 padded = len(batch) * max(len(t.tokens) for t in batch)
                 self._on_batch(BatchRecord(texts=len(batch), padded_tokens=padded, seconds=finished - started))
-            for text, vector in zip(batch, vectors, strict=True):
-                request = text.request
-                request.vectors[text.index] = vector
-                request.remaining -= 1
-                request.remaining_tokens -= len(text.tokens)
-                if request.remaining == 0 and not request.future.done():
-                    began = request.started_at if request.started_at is not None else finished
-                    request.future.set_result(
-                        Embedded(
-                            vectors=np.stack(request.vectors),  # type: ignore[arg-type]
-                            queue_s=began - request.submitted_at,
-                            inference_s=finished - began,
-                        )
-                    )
+            self._deliver(batch, vectors, finished)
         finally:
             self._queued_texts -= len(batch)
             self._mark_busy(-1)
             self._slots.release()
+
+    @staticmethod
+    def _deliver(texts: Sequence[_Text], vectors: Sequence[np.ndarray], finished: float) -> None:
+        """Give each text its vector; a request whose last text this was gets its answer."""
+        for text, vector in zip(texts, vectors, strict=True):
+            request = text.request
+            request.vectors[text.index] = vector
+            request.remaining -= 1
+            request.remaining_tokens -= len(text.tokens)
+            if request.remaining == 0 and not request.future.done():
+                began = request.started_at if request.started_at is not None else finished
+                request.future.set_result(
+                    Embedded(
+                        vectors=np.stack(request.vectors),  # type: ignore[arg-type]
+                        queue_s=began - request.submitted_at,
+                        inference_s=finished - began,
+                    )
+                )
 
     # ---- load -------------------------------------------------------------------------------------------------
 
@@ -403,3 +420,8 @@ class Batcher:
         if self._loop_task is not None:
             self._loop_task.cancel()
         self._executor.shutdown(wait=True)
+
+
+def _fail(request: _Request, error: Exception) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)

@@ -1,27 +1,37 @@
-"""The HTTP API of an instance: OpenAI ``/v1/embeddings``, TEI ``/embed``, ``/health`` and ``/info``.
+"""The HTTP API of an instance: OpenAI ``/v1/embeddings`` and ``/v1/models``, TEI ``/embed``, ``/health``, ``/info``.
 
 One FastAPI app per replica (the front door hands it the request after our router picked the replica, so there is no
 extra hop). Bodies are read with a size limit and parsed once with orjson; answers are serialised once with orjson
 and returned as raw ``Response`` objects, which skips FastAPI's slow ``jsonable_encoder``. Every error, ours or the
-framework's, goes through ``error_response``: OpenAI's error shape under ``/v1``, TEI's elsewhere.
+framework's, goes through ``error_response``: OpenAI's error shape under ``/v1`` (and on TEI's OpenAI alias
+``/embeddings``), TEI's elsewhere.
+
+The other routes TEI serves for an embedding model, so that clients written for TEI work unchanged: ``POST /`` and
+``POST /invocations`` (SageMaker) are ``/embed``; ``POST /embeddings`` is ``/v1/embeddings``; ``GET /`` and
+``GET /ping`` are ``/health`` (``/ping`` is open like ``/health`` when an API key is set; ``GET /`` is not, as
+``POST /`` embeds). These aliases stay out of the OpenAPI schema, which lists each contract once.
+
+Two settings decide what a request that does not say means (see ``ServiceInfo``): token-id input is refused unless
+``server.accept_token_ids`` (ids from another tokenizer, such as the tiktoken ids LangChain sends by default, would
+silently embed other words), and a text over the model's limit is cut unless ``server.auto_truncate`` is off or the
+request sends ``truncate: false`` (on both routes: it is an extension on the OpenAI one), so every error's advice can
+be followed on the route that gave it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator.contracts.errors import (
@@ -35,6 +45,8 @@ from orchestrator.contracts.errors import (
 )
 from orchestrator.contracts.forwarding import BoundedBody
 from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
+from workers.api_auth import key_matches, requires_key
+from workers.api_schemas import OpenAIEmbeddingRequest, TEIEmbedRequest
 from workers.dashboard import register_dashboard
 from workers.service import EmbeddingService, EmbedResult
 
@@ -45,41 +57,32 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 
 
-class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request (``input`` may be text, texts, token ids or lists of token ids)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
-    model: StrictStr | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[StrictInt, Field(gt=0)] | None = None
-    user: StrictStr | None = None
-    prompt_name: StrictStr | None = Field(
-        None, description="Extension: a named prompt of the model (e.g. 'query' for Qwen3-Embedding)."
-    )
-
-
-class TEIEmbedRequest(BaseModel):
-    """TEI's ``/embed`` request."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: StrictStr | list[StrictStr]
-    normalize: bool = True
-    truncate: bool | None = None
-    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
-    prompt_name: StrictStr | None = None
-    dimensions: Annotated[StrictInt, Field(gt=0)] | None = None
-
-
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), status_code, headers, JSON)
 
 
+# Routes by contract: aliases count under their contract's name, so the metrics' route labels stay a fixed set.
+OPENAI_EMBED_PATHS = ("/v1/embeddings", "/embeddings")
+TEI_EMBED_PATHS = ("/embed", "/", "/invocations")
+HEALTH_PATHS = ("/health", "/ping", "/")
+
+TOKEN_IDS_REFUSED = (
+    "input is token ids, and this server reads text only (server.accept_token_ids is false): ids from another "
+    "tokenizer would silently embed other words. Send the texts themselves; LangChain's OpenAIEmbeddings sends "
+    "tiktoken ids unless created with check_embedding_ctx_length=False. Ids from this model's own tokenizer are "
+    "read when the service's config sets server.accept_token_ids: true"
+)
+
+# /v1/models: `created` is required by OpenAI's shape; 0 ("unknown") is the same on every replica, where a start
+# time would differ from one answer to the next.
+MODEL_CREATED = 0
+MODEL_OWNER = "mig-orchestrator"
+
+
 def error_response(path: str, error: OrchestratorError) -> Response:
     """The one mapping from an error to its HTTP answer (status, body shape, headers)."""
-    return _json(error_body(path, error), error.status_code, error.headers())
+    body = error_body(path, error)
+    return _json(body, error.status_code, error.headers())
 
 
 def _first_validation_problem(error: ValidationError | RequestValidationError) -> str:
@@ -109,6 +112,15 @@ def _parse(model: type[BaseModel], payload: Any) -> Any:
         return model.model_validate(payload)
     except ValidationError as error:
         raise ValidationFailed(_first_validation_problem(error)) from None
+
+
+def _openai_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> tuple[list[Any], bool]:
+    """The inputs as a list (one text, or one id list, becomes a list of one) and whether they are token ids."""
+    inputs: list[Any] = [raw] if isinstance(raw, str) else list(raw)
+    pre_tokenized = bool(inputs) and isinstance(inputs[0], (int, list))
+    if pre_tokenized and isinstance(inputs[0], int):
+        inputs = [inputs]
+    return inputs, pre_tokenized
 
 
 def _check_count(service: EmbeddingService, inputs: list[Any]) -> None:
@@ -167,22 +179,6 @@ async def _instrumented(service: EmbeddingService, route: str, handle: Callable[
     return response
 
 
-OPEN_PATHS = {"health": ("/health",), "metrics": ("/metrics", "/instances", "/dashboard")}
-
-
-def requires_key(path: str, open_endpoints: tuple[str, ...]) -> bool:
-    """True unless ``path`` belongs to an endpoint group left open by the config."""
-    return not any(path.startswith(prefix) for group in open_endpoints for prefix in OPEN_PATHS.get(group, ()))
-
-
-def key_matches(header: str | None, key_sha256: str) -> bool:
-    """``Authorization: Bearer <key>`` whose SHA-256 equals the configured digest (constant-time compare)."""
-    if not header or not header.lower().startswith("bearer "):
-        return False
-    digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
-    return hmac.compare_digest(digest, key_sha256)
-
-
 def build_app(
     service: EmbeddingService,
     reports: ReportsSource | None = None,
@@ -236,7 +232,6 @@ def build_app(
         logger.exception("unexpected error on %s", request.url.path)
         return error_response(request.url.path, OrchestratorError(f"internal error: {type(error).__name__}"))
 
-    @app.post("/v1/embeddings", openapi_extra=_body_schema(OpenAIEmbeddingRequest))
     async def openai_embeddings(request: Request) -> Response:
         return await _instrumented(service, "/v1/embeddings", lambda: _openai(request))
 
@@ -244,16 +239,10 @@ def build_app(
         body: OpenAIEmbeddingRequest = _parse(
             OpenAIEmbeddingRequest, await _read_json_body(request, info.max_request_bytes)
         )
-        if body.model is not None and body.model.lower() != info.model_name.lower():
-            raise NotFound(f"model {body.model!r} is not served here; this endpoint serves {info.model_name!r}")
-        raw = body.input
-        if isinstance(raw, str):
-            inputs: list[Any] = [raw]
-        else:
-            inputs = list(raw)
-        pre_tokenized = bool(inputs) and isinstance(inputs[0], (int, list))
-        if pre_tokenized and isinstance(inputs[0], int):
-            inputs = [inputs]
+        _check_model(body.model)
+        inputs, pre_tokenized = _openai_inputs(body.input)
+        if pre_tokenized and not info.accept_token_ids:
+            raise ValidationFailed(TOKEN_IDS_REFUSED)
         _check_count(service, inputs)
         if any(len(item) == 0 for item in inputs):
             raise EmptyInput("input contains an empty text; every input needs at least one character or token")
@@ -262,6 +251,7 @@ def build_app(
         result = await service.embed(
             inputs,
             pre_tokenized=pre_tokenized,
+            truncate=body.truncate,
             normalize=info.normalize_by_default,
             dimensions=body.dimensions,
             prompt_name=body.prompt_name,
@@ -281,7 +271,10 @@ def build_app(
         }
         return _with_result(_json(payload, headers=_timing_headers(service, result)), result)
 
-    @app.post("/embed", openapi_extra=_body_schema(TEIEmbedRequest))
+    def _check_model(requested: str | None) -> None:
+        if requested is not None and requested.lower() != info.model_name.lower():
+            raise NotFound(f"model {requested!r} is not served here; this endpoint serves {info.model_name!r}")
+
     async def tei_embed(request: Request) -> Response:
         return await _instrumented(service, "/embed", lambda: _tei(request))
 
@@ -293,13 +286,41 @@ def build_app(
             raise EmptyInput("inputs contains an empty text; every input needs at least one character")
         result = await service.embed(
             inputs,
-            truncate=bool(body.truncate),
+            truncate=body.truncate,
             direction=body.truncation_direction.lower(),
             normalize=body.normalize,
             dimensions=body.dimensions,
             prompt_name=body.prompt_name,
         )
         return _with_result(_json(result.vectors, headers=_timing_headers(service, result)), result)
+
+    for path in OPENAI_EMBED_PATHS:
+        app.add_api_route(
+            path,
+            openai_embeddings,
+            methods=["POST"],
+            openapi_extra=_body_schema(OpenAIEmbeddingRequest),
+            include_in_schema=path == OPENAI_EMBED_PATHS[0],
+        )
+    for path in TEI_EMBED_PATHS:
+        app.add_api_route(
+            path,
+            tei_embed,
+            methods=["POST"],
+            openapi_extra=_body_schema(TEIEmbedRequest),
+            include_in_schema=path == TEI_EMBED_PATHS[0],
+        )
+
+    model_card = {"id": info.model_name, "object": "model", "created": MODEL_CREATED, "owned_by": MODEL_OWNER}
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return _json({"object": "list", "data": [model_card]})
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        _check_model(model)
+        return _json(model_card)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -311,9 +332,11 @@ def build_app(
     async def instances() -> Response:
         return _json(instances_view(await all_reports()))
 
-    @app.get("/health")
     async def health() -> Response:
         return _json({"status": "ok", "instance": info.instance})
+
+    for path in HEALTH_PATHS:
+        app.add_api_route(path, health, methods=["GET"], include_in_schema=path == HEALTH_PATHS[0])
 
     @app.get("/info")
     async def model_info() -> Response:

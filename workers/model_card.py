@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.model_source import folder_input_limit
+
 POOLING_KEYS = {
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -77,10 +79,7 @@ def read_model_card(
         decoder = bool(config.get("is_decoder")) or model_type.startswith(("qwen", "llama", "mistral", "gemma"))
         pooling = found[0] if found else ("lasttoken" if decoder else "mean")
     normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules or [])
-    limit = max_tokens_override
-    if limit is None:
-        st_config = _read_json(folder / "sentence_bert_config.json") or {}
-        limit = st_config.get("max_seq_length") or config.get("max_position_embeddings") or 512
+    limit = max_tokens_override if max_tokens_override is not None else folder_input_limit(folder, config)
     st_settings = _read_json(folder / "config_sentence_transformers.json") or {}
     prompts = {**(st_settings.get("prompts") or {}), **(extra_prompts or {})}
     default_prompt = default_prompt_override or st_settings.get("default_prompt_name") or None

@@ -22,7 +22,7 @@ from orchestrator.contracts.forwarding import ForwardedRequest, ForwardedRespons
 from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.contracts.snapshot import HUB_NAME, HUB_NAMESPACE, LaneAddress
 from workers.asgi_bridge import call_asgi
-from workers.assembly import build_instance_service
+from workers.assembly import build_instance
 from workers.http_api import build_app
 from workers.lane_server import LaneServer
 from workers.serve_loopback import keep_serve_grpc_on_loopback
@@ -56,7 +56,7 @@ class EmbeddingReplica:
         self._spec = spec
         self._rank = _current_rank()
         self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)
-        self._service = build_instance_service(spec, self._instance)
+        self._service, self._device_health = build_instance(spec, self._instance)
         self._hub = _find_hub()
         self._push_task: asyncio.Task[None] | None = None
         self._app = build_app(
@@ -152,6 +152,9 @@ class EmbeddingReplica:
         await self._service.batcher.close()
 
     def check_health(self) -> None:
-        """Serve may reassign ranks; a replica serving another rank's instance must be replaced."""
+        """Serve's health hook: raising makes Serve stop routing to this replica and replace it. A replica serving
+        another rank's instance must go, and so must one whose GPU failed with a sticky CUDA error (its CUDA context
+        cannot compute again in this process)."""
         if _current_rank() != self._rank:
             raise Unhealthy(f"replica rank changed from {self._rank}: it no longer matches its pinned instance")
+        self._device_health.check()

@@ -57,6 +57,10 @@ class ServiceInfo:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     request_timeout_s: float | None = None
+    # The defaults are the config's (server.accept_token_ids, server.auto_truncate), so an instance built without
+    # them behaves as a default config says.
+    accept_token_ids: bool = False
+    auto_truncate: bool = True
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,16 @@ class EmbeddingService:
         inputs: Sequence[str] | Sequence[Sequence[int]],
         *,
         pre_tokenized: bool = False,
-        truncate: bool = False,
+        truncate: bool | None = None,
         direction: str = "right",
         normalize: bool = True,
         dimensions: int | None = None,
         prompt_name: str | None = None,
     ) -> EmbedResult:
         """Embed texts (or token id lists when ``pre_tokenized``).
+
+        ``truncate``: cut inputs over the model's limit on ``direction`` instead of refusing them; None (the request
+        did not say) takes the instance's ``auto_truncate``.
 
         Raises EmptyInput/ValidationFailed/InputTooLong for bad input, Overloaded when the queue is full,
         BackendFailure when the model fails.
@@ -146,6 +153,8 @@ class EmbeddingService:
         if dimensions is not None and not 0 < dimensions <= full:
             raise ValidationFailed(f"dimensions must be between 1 and {full} for this model, got {dimensions}")
         prompt = "" if pre_tokenized else self.prompt_text(prompt_name)
+        if truncate is None:
+            truncate = self.info.auto_truncate
         size = sum(len(item) for item in inputs)
         if size <= INLINE_TOKENIZE_CHARS:
             token_lists = self._token_lists(inputs, pre_tokenized, truncate, direction, prompt)

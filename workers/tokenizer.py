@@ -154,7 +154,8 @@ class TextTokenizer:
         if len(ids) > self.max_input_tokens:
             if not truncate:
                 raise InputTooLong(
-                    f"input {index} has {len(ids)} tokens, more than the model's limit of {self.max_input_tokens}"
+                    f"input {index} has {len(ids)} tokens, more than the model's limit of {self.max_input_tokens}; "
+                    "shorten it or set truncate to true"
                 )
             return list(ids[: self.max_input_tokens] if direction == "right" else ids[-self.max_input_tokens :])
         return list(ids)

@@ -13,7 +13,7 @@ from rich.table import Table
 from orchestrator.cli.output import console, fail
 from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError, PlanError
-from orchestrator.doctor import TORCH_MISSING, TORCH_NOT_CHECKED, run_checks
+from orchestrator.doctor import TORCH_MISSING, TORCH_NOT_CHECKED, Check, run_checks, serving_checks
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.mig_layout import LayoutPlan, plan_layout
 from orchestrator.serving.ray_access import RayAccessError, cluster_access
@@ -73,10 +73,19 @@ def mig_plan_command(
     )
 
 
-def doctor_command() -> None:
-    """Check the driver, MIG modes, processes holding GPUs and container settings; print each fix."""
+def doctor_command(
+    gpu: Annotated[
+        bool, typer.Option("--gpu", help="Also self-test each GPU or MIG slice the config would use (a child each).")
+    ] = False,
+    config: Annotated[Path, typer.Option("--config", "-c", help="The config whose GPU instances --gpu tests.")] = Path(
+        "configs/mig_config.yaml"
+    ),
+) -> None:
+    """Check the driver, torch, MIG modes, busy GPUs, the container, the ONNX backend and cache and the port; print each
+    fix."""
     topology = probe_topology()
     checks = run_checks(topology, os.environ, _torch_cuda_build() if topology.gpus else TORCH_NOT_CHECKED)
+    checks += _serving_checks(config)
     table = Table(title="orchestrator doctor", title_justify="left")
     for column in ("check", "result", "detail", "fix"):
         table.add_column(column)
@@ -84,8 +93,37 @@ def doctor_command() -> None:
         table.add_row(check.name, _STATUS_STYLE[check.status], check.detail, check.fix)
     console.print(table)
     failed = sum(check.status == "fail" for check in checks)
+    if gpu:
+        failed += not _self_test_gpus(config)
     if failed:
         raise typer.Exit(1)
+
+
+def _serving_checks(config: Path) -> list[Check]:
+    """The config's backend, export cache and port on this machine (a config that does not load or plan says so)."""
+    from orchestrator import steps
+
+    try:
+        loaded = steps.load(config)
+        placement, _ = steps.plan_here(loaded)
+    except (ConfigError, PlanError) as error:
+        first = error.message.splitlines()[0]
+        return [Check("config", "warn", f"{config}: {first}", "orchestrator plan --config FILE shows every problem")]
+    return serving_checks(steps.serving_facts(loaded, placement))
+
+
+def _self_test_gpus(config: Path) -> bool:
+    """``doctor --gpu``: one pinned self-test per GPU instance of the config's plan here; True when all passed."""
+    from orchestrator.gpu_doctor import doctor_gpu
+
+    try:
+        with console.status("Self-testing each GPU instance of the plan (a pinned child process each)..."):
+            report = doctor_gpu(str(config))
+    except (ConfigError, PlanError) as error:
+        raise fail(error.message, 2) from None
+    for line in report.lines():
+        console.print(line, soft_wrap=True)
+    return report.ok
 
 
 def _torch_cuda_build() -> str | None:

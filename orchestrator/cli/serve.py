@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from orchestrator import steps
+from orchestrator import running, steps
 from orchestrator.cli.output import DEFAULT_CONFIG, ConfigOption, console, fail, print_plan, warn
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
@@ -124,12 +124,17 @@ def up_command(
     server = loaded.config.server
     console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
     url = f"http://{server.host}:{server.port}"
-    console.print(f"Serving {loaded.model_name} at {url}  (POST /v1/embeddings, POST /embed, GET /health, GET /info)")
+    routes = "POST /v1/embeddings, POST /embed, GET /v1/models, GET /health"
+    console.print(f"Serving {loaded.model_name} at {url}  ({routes})")
     console.print(f"Dashboard: {url}/dashboard   Prometheus metrics: {url}/metrics   Instances: orchestrator status")
     console.print("Press Ctrl-C to stop.")
     from orchestrator.serving import deploy
 
-    _serve_until_stopped(front, deploy.control_plane_problem)
+    entry = running.record(url, config)  # `orchestrator status` finds this service without a config
+    try:
+        _serve_until_stopped(front, deploy.control_plane_problem)
+    finally:
+        running.forget(entry)
 
 
 def _start(config: Path, port: int | None, timeout_s: float) -> tuple[FrontDoorServer, LoadedConfig, Plan]:

@@ -15,6 +15,7 @@ from rich.table import Table
 from orchestrator.cli.output import console, fail
 from orchestrator.config import load_config
 from orchestrator.contracts.errors import ConfigError
+from orchestrator.running import running_services
 
 
 def fetch_instances(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -99,22 +100,35 @@ def status_table(view: dict[str, Any], url: str, health: dict[str, Any] | None =
     return table
 
 
-def status_command(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Config whose server.host/port to query.")] = Path(
-        "configs/mig_config.yaml"
-    ),
-    url: Annotated[str | None, typer.Option(help="Service URL (overrides the config), e.g. http://host:8000.")] = None,
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
-    interval_s: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
-) -> None:
-    """Show each instance's load, queue, latency, throughput, errors and memory (from GET /instances)."""
-    if url is None:
+def _service_url(config: Path | None) -> str:
+    if config is not None:
         try:
             server = load_config(config).config.server
         except ConfigError as error:
             raise fail(error.message, 2) from None
-        url = f"http://{server.host}:{server.port}"
-    url = url.rstrip("/")
+        return f"http://{server.host}:{server.port}"
+    services = running_services()
+    if len(services) == 1:
+        return services[0].url
+    if not services:
+        raise fail("no orchestrator up is running on this machine: start one, or pass --url for another machine", 1)
+    listed = "; ".join(f"{s.url} ({s.config}, pid {s.pid})" for s in services)
+    raise fail(f"{len(services)} services are running here: {listed}; pick one with --url", 2)
+
+
+def status_command(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Query the service of this config (its server.host/port).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="Service URL, e.g. http://host:8000.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C.")] = False,
+    interval_s: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 1.0,
+) -> None:
+    """Show each instance's load, queue, latency, throughput, errors and memory (from GET /instances).
+
+    Without --url or --config: the service `orchestrator up` runs on this machine (the one, or says which there are).
+    """
+    url = (url or _service_url(config)).rstrip("/")
 
     def render() -> Table:
         try:

@@ -198,8 +198,11 @@ class TooManyConnections(ServiceUnavailable):
     error_type = "TooManyConnections"
 
 
+OPENAI_SHAPED_PATHS = ("/embeddings",)  # TEI's alias of /v1/embeddings answers in OpenAI's shape too
+
+
 def error_body(path: str, error: OrchestratorError) -> dict[str, object]:
-    """The JSON body of an error answer: OpenAI's shape under ``/v1/``, TEI's elsewhere."""
-    if path.startswith("/v1/"):
+    """The JSON body of an error answer: OpenAI's shape under ``/v1/`` (and TEI's ``/embeddings``), TEI's elsewhere."""
+    if path.startswith("/v1/") or path in OPENAI_SHAPED_PATHS:
         return {"error": {"message": error.message, "type": error.openai_type, "param": None, "code": error.error_type}}
     return {"error": error.message, "error_type": error.error_type}

@@ -43,6 +43,9 @@ class ReplicaSpec:
     open_endpoints: tuple[str, ...] = _from("server", default=("health", "metrics"))
     request_timeout_s: float | None = _from("server", default=60.0)
     lane_token: str | None = None  # set: open a direct lane for the front door (transport "direct")
+    # Last, with the config's defaults: specs built positionally (tests) stay valid.
+    accept_token_ids: bool = _from("server", default=False)
+    auto_truncate: bool = _from("server", default=True)
 
     @classmethod
     def from_config(

@@ -1,9 +1,13 @@
-"""Pure choices of precision and attention per device, and the plan-time refusals of impossible overrides.
+"""Pure choices of precision and attention per device, and the refusals of impossible overrides.
 
-TEI refuses Qwen3 anywhere but CUDA with fp16 and flash attention (seed 000). Here every family runs everywhere:
-``auto`` picks fp16 + flash_attention_2 on CUDA when flash-attn imports (sdpa otherwise), fp32 + sdpa on CPU, and
-eager for architectures without sdpa (MPNet). An explicit override that cannot work is refused when planning, in
-one line, instead of failing inside a replica.
+TEI refuses Qwen3 anywhere but CUDA with fp16 and flash attention (seed 000). Here every family runs everywhere.
+``auto`` picks, on CUDA: bfloat16 for a model trained in bfloat16 on a GPU that computes it natively (compute
+capability 8.0+), float16 otherwise; flash_attention_2 when flash-attn is usable and the GPU is sm80+ (FA2's floor),
+sdpa otherwise. On CPU: fp32 + sdpa. Eager for architectures without sdpa (MPNet).
+
+The planner calls it without the device's capability (it has not seen the GPU); the replica calls it again with what
+it measured on its device, so the final choice is made where the GPU is seen. An explicit override that cannot work
+is refused, in one line, instead of failing inside a forward pass.
 """
 
 from __future__ import annotations
@@ -25,32 +29,66 @@ class EngineChoiceError(ValueError):
     """An override that cannot work on this device or model; the message says which and what to use."""
 
 
+# FlashAttention-2 and native bfloat16 matmuls start with Ampere (sm80).
+AMPERE = (8, 0)
+
+
 @dataclass(frozen=True)
 class EngineChoice:
+    """The precision and attention chosen; ``note`` says why flash attention was not chosen where it could have been
+    (empty otherwise), for the one log line the replica writes."""
+
     dtype: str
     attn_implementation: str
+    note: str = ""
 
 
 def choose_engine(
-    device: str, model_type: str, dtype: str = "auto", attention: str = "auto", flash_available: bool = False
+    device: str,
+    model_type: str,
+    dtype: str = "auto",
+    attention: str = "auto",
+    flash_available: bool = False,
+    *,
+    compute_capability: tuple[int, int] | None = None,
+    trained_dtype: str | None = None,
 ) -> EngineChoice:
     """Precision and attention for ``model_type`` on ``device`` (``cpu`` or ``cuda``), honouring overrides.
 
-    Raises EngineChoiceError for flash attention on CPU or without flash-attn, for an attention the architecture
-    lacks, and for float16 on CPU (slow, and not every CPU kernel has it: use float32 or bfloat16).
+    ``flash_available``: flash-attn is usable here (in a replica: transformers accepts it and its CUDA extension
+    imports). ``compute_capability``: the GPU's (None: not known yet, as when planning). ``trained_dtype``: the
+    ``torch_dtype`` of the model's config.json.
+
+    Raises EngineChoiceError for flash attention on CPU, without flash-attn or below sm80, for bfloat16 below sm80,
+    for an attention the architecture lacks, and for float16 on CPU (slow, and not every CPU kernel has it).
     """
     on_gpu = device != "cpu"
+    before_ampere = compute_capability is not None and tuple(compute_capability) < AMPERE
+    this_gpu = f"this GPU is {compute_capability[0]}.{compute_capability[1]}" if compute_capability else ""
     if dtype == "auto":
-        dtype = "float16" if on_gpu else "float32"
+        if not on_gpu:
+            dtype = "float32"
+        elif trained_dtype == "bfloat16" and compute_capability is not None and not before_ampere:
+            dtype = "bfloat16"  # its weights and activations keep their range; float16 may overflow them (W8)
+        else:
+            dtype = "float16"
     elif dtype == "float16" and not on_gpu:
         raise EngineChoiceError("dtype float16 on a CPU pool: use float32 (or bfloat16 on CPUs with AVX-512 BF16)")
+    elif dtype == "bfloat16" and on_gpu and before_ampere:
+        raise EngineChoiceError(
+            f"dtype bfloat16 needs a GPU of compute capability 8.0 or newer ({this_gpu}): use float16 or auto"
+        )
+    note = ""
     if attention == "auto":
-        if on_gpu and flash_available and model_type not in NO_FLASH and dtype in ("float16", "bfloat16"):
+        flash_fits = on_gpu and model_type not in NO_FLASH and dtype in ("float16", "bfloat16")
+        if flash_fits and flash_available and not before_ampere:
             attention = "flash_attention_2"
-        elif model_type in NO_SDPA:
-            attention = "eager"
         else:
-            attention = "sdpa"
+            if flash_fits and not flash_available:
+                note = "flash-attn is not usable here"
+            elif flash_fits:
+                note = f"flash_attention_2 needs compute capability 8.0 or newer, {this_gpu}"
+            attention = "eager" if model_type in NO_SDPA else "sdpa"
     elif attention == "flash_attention_2":
         if not on_gpu:
             raise EngineChoiceError("attn_implementation flash_attention_2 on a CPU pool: use sdpa or auto")
@@ -63,9 +101,13 @@ def choose_engine(
                 "flash_attention_2 requested but flash-attn does not import here: pip install "
                 "'mig-orchestrator[gpu]' on the GPU node, or use auto"
             )
+        if before_ampere:
+            raise EngineChoiceError(
+                f"flash_attention_2 needs a GPU of compute capability 8.0 or newer ({this_gpu}): use sdpa or auto"
+            )
     elif attention == "sdpa" and model_type in NO_SDPA:
         raise EngineChoiceError(f"{model_type} has no sdpa attention in transformers: use eager or auto")
-    return EngineChoice(dtype=dtype, attn_implementation=attention)
+    return EngineChoice(dtype=dtype, attn_implementation=attention, note=note)
 
 
 def valid_tensor_parallel_sizes(attention_heads: int, key_value_heads: int | None = None) -> list[int]:

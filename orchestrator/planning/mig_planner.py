@@ -11,6 +11,7 @@ from orchestrator.config import Config, InstanceConfig
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
 from orchestrator.model_source import ModelFootprint
+from orchestrator.planning.memory_estimate import fit_problem
 from orchestrator.planning.planner import GpuBinding, PlannedInstance, planned_instance
 
 # Capacity (requests a replica is sized to hold) per streaming multiprocessor pair: a 1g slice of an A100 (14 SMs)
@@ -102,6 +103,42 @@ def _too_few_whole(where: str, wanted: int, free: int, without_mig: int, total: 
         f"{where}: gpus: {wanted} needs {wanted} whole GPUs without MIG on one machine, but {without_mig} of the "
         f"{total} GPU(s) here are without MIG and {free} of them are free: lower gpus, or turn MIG off on more GPUs"
     )
+
+
+def _memory_problem(
+    config: Config,
+    footprint: ModelFootprint | None,
+    instance: PlannedInstance,
+    binding: GpuBinding,
+    where: str,
+    dtype_bytes: int,
+    needed_mb: int | None,
+) -> str | None:
+    """Why the instance does not fit its slice or GPUs, or None. With the model's shape known, the estimate counts
+    weights, the CUDA context and the activations of the largest batch the instance may form (gpu-audit B3);
+    without it, the weights plus a round headroom."""
+    if footprint is not None and footprint.shape is not None:
+        max_input_tokens = config.model.max_input_tokens or footprint.max_input_tokens
+        problem = fit_problem(
+            footprint.shape,
+            "float32" if dtype_bytes == 4 else "float16",
+            instance.max_batch_tokens,
+            instance.max_concurrency,
+            max_input_tokens,
+            binding.memory_mb,
+            _describe_binding(binding),
+            parameters=footprint.parameters or None,  # a folder without weight files: counted from the shape
+        )
+        return None if problem is None else f"{where}: {problem}"
+    if needed_mb is not None and needed_mb > binding.memory_mb:
+        return _too_small(where, needed_mb, dtype_bytes, binding)
+    return None
+
+
+def _describe_binding(binding: GpuBinding) -> str:
+    if binding.kind == "mig":
+        return f"{binding.profile} on GPU {binding.gpu_index}"
+    return f"whole GPU(s) {', '.join(str(i) for i in binding.gpu_indices)} together"
 
 
 def _too_small(where: str, needed_mb: int, dtype_bytes: int, binding: GpuBinding) -> str:
@@ -209,21 +246,21 @@ def plan_gpu_instances(
             free[gpu_index].remove(mig)
             binding = _mig_binding(by_index[gpu_index], mig)
             capacity = capacity_for_sms(binding.sm_count)
-        if needed_mb is not None and needed_mb > binding.memory_mb:
-            problems.append(_too_small(where, needed_mb, dtype_bytes, binding))
-            continue
-        planned.append(
-            planned_instance(
-                config,
-                instance,
-                len(planned),
-                device=binding.kind,
-                cpu_cores=(),
-                threads=1,
-                capacity=capacity,
-                gpu=binding,
-            )
+        candidate = planned_instance(
+            config,
+            instance,
+            len(planned),
+            device=binding.kind,
+            cpu_cores=(),
+            threads=1,
+            capacity=capacity,
+            gpu=binding,
         )
+        too_small = _memory_problem(config, footprint, candidate, binding, where, dtype_bytes, needed_mb)
+        if too_small is not None:
+            problems.append(too_small)
+            continue
+        planned.append(candidate)
 
     if problems:
         raise PlanError("\n".join(problems))

@@ -66,7 +66,7 @@ def test_official_openai_client(served, reference) -> None:
         ("/v1/embeddings", {"input": [1.5, "x"]}, 422),
         ("/v1/embeddings", b"{this is not json", 400),
         ("/v1/embeddings", {"input": ["x"] * 65}, 422),
-        ("/embed", {"inputs": "word " * 400}, 422),
+        ("/embed", {"inputs": "word " * 400, "truncate": False}, 422),
         ("/embed", {"inputs": "y" * 300_000}, 413),
         ("/embed", {"inputs": 7}, 422),
     ],

@@ -352,3 +352,38 @@ async def test_a_cancelled_request_stops_counting_as_work_ahead() -> None:
     backend.gate.set()
     await asyncio.gather(running, taken)
     await batcher.close()
+
+
+async def test_a_text_too_large_for_the_device_fails_only_its_request() -> None:
+    """A batch split on out-of-memory where one text does not fit even alone: the other requests of the batch get
+    their vectors, the request holding that text gets the backend's own error (gpu-audit B3)."""
+    from workers.backends import PartialBatchFailure
+
+    def run(batch):  # type: ignore[no-untyped-def]
+        if any(len(ids) > 50 for ids in batch):
+            rows = [None if len(ids) > 50 else fake_vector(ids) for ids in batch]
+            failures = {
+                row: BackendFailure("a text of 60 tokens does not fit") for row, v in enumerate(rows) if v is None
+            }
+            raise PartialBatchFailure(rows, failures)
+        return np.stack([fake_vector(ids) for ids in batch])
+
+    batcher = Batcher(run, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=20.0, max_queued_texts=64)
+    small, huge = [tokens(3), tokens(4)], [tokens(2), tokens(60)]
+    results = await asyncio.gather(batcher.submit(small), batcher.submit(huge), return_exceptions=True)
+    assert np.array_equal(results[0].vectors, np.stack([fake_vector(t) for t in small]))  # type: ignore[union-attr]
+    assert isinstance(results[1], BackendFailure) and "60 tokens" in results[1].message
+    await batcher.close()
+
+
+async def test_an_error_the_backend_words_for_the_client_reaches_it_unchanged() -> None:
+    """A lost device answers 503 Unhealthy, not the 424 "the model failed on a batch" of an unexpected error."""
+    from orchestrator.contracts.errors import Unhealthy
+
+    def run(batch):  # type: ignore[no-untyped-def]
+        raise Unhealthy("the GPU of this instance is lost: Serve replaces the replica")
+
+    batcher = Batcher(run, max_batch_size=8, max_batch_tokens=10_000, max_wait_ms=1.0, max_queued_texts=64)
+    with pytest.raises(Unhealthy, match="GPU of this instance is lost"):
+        await batcher.submit([tokens(3)])
+    await batcher.close()

@@ -214,3 +214,23 @@ def test_version_and_flags_read_as_flags() -> None:
     verbose = next(line for line in help_text.splitlines() if "--verbose" in line)
     assert "<bool>" not in verbose and "-v, --verbose" in verbose  # a flag takes no value
     assert "--port <int>" in help_text
+
+
+def test_status_finds_the_service_up_runs_not_the_config_in_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    """Without --url or --config, status asks the service an up on this machine recorded (stale entries ignored)."""
+    from orchestrator import running
+    from tests.integration.conftest import free_port
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no configs/mig_config.yaml here: nothing to read a port from by accident
+    none = runner.invoke(app, ["status"])
+    assert none.exit_code == 1 and "no orchestrator up is running on this machine" in none.output
+    url = f"http://127.0.0.1:{free_port()}"
+    entry = running.record(url, tmp_path / "mine.yaml")
+    stale = entry.with_name("999999999.json")  # a pid no process has
+    stale.write_text('{"pid": 999999999, "url": "http://127.0.0.1:1", "config": "/gone.yaml"}')
+    asked = runner.invoke(app, ["status"])
+    assert asked.exit_code == 1 and f"no orchestrator answers at {url}" in asked.output
+    assert not stale.exists() and [s.url for s in running.running_services()] == [url]
+    running.forget(entry)
+    assert running.running_services() == []

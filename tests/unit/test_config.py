@@ -141,3 +141,25 @@ def test_gpus_spans_whole_gpus_only() -> None:
         assert why in caught.value.message and "\n" not in caught.value.message
     with pytest.raises(ConfigError, match=r"mig_instances\[0\].gpus: Input should be greater than 0"):
         parse_config({"mig_instances": [{"name": "a", "type": "gpu", "gpus": 0}]})
+
+
+def test_client_settings_default_to_text_only_and_auto_truncation() -> None:
+    """Issue 18: token ids are opt-in (LangChain's tiktoken ids silently gave wrong vectors); truncation, as in TEI
+    1.9 and sentence-transformers, is on unless turned off; both reach every replica's spec."""
+    from orchestrator.contracts.plan import Plan
+    from orchestrator.contracts.replica_spec import ReplicaSpec
+
+    def spec_of(server: dict) -> ReplicaSpec:
+        config = parse_config({"server": server, "mig_instances": [{"name": "a"}]})
+        sections = {"model": config.model, "server": config.server}
+        empty = Plan(instances=(), device_kind="cpu")
+        return ReplicaSpec.from_config(
+            empty, None, sections, model_folder="m", model_name="m", api_key_sha256=None, lane_token=None
+        )
+
+    default = spec_of({})
+    assert (default.accept_token_ids, default.auto_truncate) == (False, True)
+    changed = spec_of({"accept_token_ids": True, "auto_truncate": False})
+    assert (changed.accept_token_ids, changed.auto_truncate) == (True, False)
+    with pytest.raises(ConfigError, match=r"c.yaml: server.accept_token_ids: Input should be a valid boolean"):
+        parse_config({"server": {"accept_token_ids": "sometimes"}, "mig_instances": [{"name": "a"}]}, "c.yaml")

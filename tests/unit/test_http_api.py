@@ -56,13 +56,31 @@ def test_openai_single_string_and_base64(client: TestClient) -> None:
     assert np.allclose(decoded, as_float, atol=1e-7)
 
 
-def test_openai_token_ids(client: TestClient) -> None:
-    single = client.post("/v1/embeddings", json={"input": [101, 7592, 102]})
-    many = client.post("/v1/embeddings", json={"input": [[101, 7592, 102], [101, 102]]})
-    assert single.status_code == 200 and len(single.json()["data"]) == 1
-    assert many.status_code == 200 and many.json()["usage"]["prompt_tokens"] == 5
-    bad = client.post("/v1/embeddings", json={"input": [[101, 99999999]]})
-    assert bad.status_code == 422 and "outside the vocabulary" in bad.json()["error"]["message"]
+def service_client(minilm_folder: Path, backend: FakeBackend, **overrides: object) -> TestClient:
+    return TestClient(build_app(fake_service(minilm_folder, backend, max_input_tokens=MAX_TOKENS, **overrides)))
+
+
+def test_token_ids_are_refused_by_default_naming_the_langchain_option(client: TestClient, backend: FakeBackend) -> None:
+    """Issue 18: LangChain's default OpenAIEmbeddings sends tiktoken ids, which were read as MiniLM's own vocabulary
+    and answered 200 with unrelated vectors (or 422 "outside the vocabulary" when an id happened to be too big)."""
+    for ids in ([[12840, 374, 386, 1953, 30]], [12840, 374], [[101, 7592, 102], [101, 102]], [[100257]]):
+        refused = client.post("/v1/embeddings", json={"input": ids, "model": "all-MiniLM-L6-v2"})
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "Validation"
+        assert "check_embedding_ctx_length=False" in error["message"]
+        assert "server.accept_token_ids: true" in error["message"]
+    assert backend.batches == []  # nothing reached the model
+
+
+def test_token_ids_when_the_server_accepts_them(minilm_folder: Path, backend: FakeBackend) -> None:
+    with service_client(minilm_folder, backend, accept_token_ids=True) as client:
+        single = client.post("/v1/embeddings", json={"input": [101, 7592, 102]})
+        many = client.post("/v1/embeddings", json={"input": [[101, 7592, 102], [101, 102]]})
+        assert single.status_code == 200 and len(single.json()["data"]) == 1
+        assert many.status_code == 200 and many.json()["usage"]["prompt_tokens"] == 5
+        bad = client.post("/v1/embeddings", json={"input": [[101, 99999999]]})
+        assert bad.status_code == 422 and "outside the vocabulary" in bad.json()["error"]["message"]
 
 
 def test_dimensions_truncate_then_renormalise(client: TestClient, backend: FakeBackend) -> None:
@@ -82,21 +100,63 @@ def test_tei_embed_returns_bare_arrays(client: TestClient) -> None:
     assert np.allclose(vectors[0], unit(raw), atol=1e-6)
 
 
+LONG_TEXT = " ".join(f"w{n}" for n in range(100))  # 300 tokens, over the fixture's limit of 32
+
+
 def test_truncation_on_off_and_direction(client: TestClient, backend: FakeBackend) -> None:
-    long_text = " ".join(f"w{n}" for n in range(100))
-    refused = client.post("/embed", json={"inputs": long_text})
+    refused = client.post("/embed", json={"inputs": LONG_TEXT, "truncate": False})
     assert refused.status_code == 422
     assert refused.json()["error_type"] == "Validation" and "limit of 32" in refused.json()["error"]
-    assert client.post("/embed", json={"inputs": long_text, "truncate": True}).status_code == 200
+    assert client.post("/embed", json={"inputs": LONG_TEXT, "truncate": True}).status_code == 200
     right = backend.batches[-1][0]
-    left_ok = client.post("/embed", json={"inputs": long_text, "truncate": True, "truncation_direction": "Left"})
+    left_ok = client.post("/embed", json={"inputs": LONG_TEXT, "truncate": True, "truncation_direction": "Left"})
     assert left_ok.status_code == 200
     left = backend.batches[-1][0]
     assert len(right) == len(left) == MAX_TOKENS
     assert right[0] == left[0] == 101 and right[-1] == left[-1] == 102  # special tokens kept
     assert right[1:-1] != left[1:-1]
-    openai = client.post("/v1/embeddings", json={"input": long_text})
+    openai = client.post("/v1/embeddings", json={"input": LONG_TEXT, "truncate": False})
     assert openai.status_code == 422 and openai.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("path", "key"), [("/v1/embeddings", "input"), ("/embed", "inputs")])
+def test_long_texts_are_truncated_by_default_as_tei_does(
+    client: TestClient, backend: FakeBackend, path: str, key: str
+) -> None:
+    """Issue 18: a 1,500-character chunk got 422 on /v1/embeddings, with no way to ask for truncation there."""
+    chunk = ("MIG slices a GPU into isolated instances. " * 40)[:1500]
+    answer = client.post(path, json={key: chunk})
+    assert answer.status_code == 200, answer.text
+    cut = backend.batches[-1][0]
+    assert len(cut) == MAX_TOKENS and cut[0] == 101 and cut[-1] == 102  # kept the start, as truncate: true does
+    assert client.post(path, json={key: chunk, "truncate": True}).status_code == 200
+    assert backend.batches[-1][0] == cut
+
+
+ROUTES = [("/v1/embeddings", "input"), ("/embeddings", "input"), ("/embed", "inputs"), ("/", "inputs")]
+
+
+@pytest.mark.parametrize(("path", "key"), [*ROUTES, ("/invocations", "inputs")])
+def test_without_auto_truncate_the_advice_works_on_the_route_that_gave_it(
+    minilm_folder: Path, backend: FakeBackend, path: str, key: str
+) -> None:
+    """Issue 18: /v1/embeddings advised "set truncate to true" and then refused truncate as an unknown field."""
+    with service_client(minilm_folder, backend, auto_truncate=False, accept_token_ids=True) as client:
+        inputs: list[object] = [
+            LONG_TEXT,
+            "telecommunications " * 60,
+        ]  # too many tokens; too many characters to tokenise at all
+        if key == "input":
+            inputs.append(list(range(1000, 1000 + MAX_TOKENS + 5)))  # too many token ids
+        for item in inputs:
+            refused = client.post(path, json={key: item})
+            assert refused.status_code == 422, refused.text
+            body = refused.json()
+            message = body["error"]["message"] if key == "input" else body["error"]
+            assert message.endswith("shorten it or set truncate to true"), message
+            followed = client.post(path, json={key: item, "truncate": True})
+            assert followed.status_code == 200, followed.text
+            assert len(backend.batches[-1][0]) == MAX_TOKENS
 
 
 @pytest.mark.parametrize(
@@ -355,3 +415,65 @@ def test_a_trailing_slash_is_a_json_404_not_a_redirect_to_the_clients_host(clien
     answer = client.get("/health/", headers={"host": "evil.example"}, follow_redirects=False)
     assert answer.status_code == 404 and "location" not in answer.headers
     assert answer.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(("path", "key"), ROUTES[1:] + [("/invocations", "inputs")])
+def test_tei_aliases_answer_as_their_contract(client: TestClient, path: str, key: str) -> None:
+    """Issue 18: huggingface_hub's InferenceClient(model=url) POSTs to /, which was a 404; TEI also serves
+    /invocations (SageMaker) as /embed and /embeddings as /v1/embeddings."""
+    contract = "/v1/embeddings" if key == "input" else "/embed"
+    same = client.post(contract, json={key: ["hello world", "hi"]}).json()
+    answer = client.post(path, json={key: ["hello world", "hi"]})
+    assert answer.status_code == 200 and answer.json() == same
+    assert answer.headers["x-instance"] == "pool-0"
+    refused = client.post(path, json={key: "a", "no_such_field": 1})
+    assert refused.status_code == 422
+    if key == "input":  # TEI answers its OpenAI alias in OpenAI's error shape
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+    else:
+        assert refused.json()["error_type"] == "Validation"
+
+
+def test_aliases_count_under_their_contracts_route(minilm_folder: Path) -> None:
+    service = fake_service(minilm_folder)
+    with TestClient(build_app(service)) as client:
+        for path, body in (("/", {"inputs": "a"}), ("/invocations", {"inputs": "a"}), ("/embeddings", {"input": "a"})):
+            assert client.post(path, json=body).status_code == 200
+    assert dict(service.metrics.requests) == {"/embed": 2, "/v1/embeddings": 1}
+
+
+def test_ping_and_get_root_are_health(client: TestClient) -> None:
+    for path in ("/ping", "/"):
+        answer = client.get(path)
+        assert answer.status_code == 200 and answer.json() == {"status": "ok", "instance": "pool-0"}
+
+
+def test_ping_is_open_with_health_when_a_key_is_set(minilm_folder: Path) -> None:
+    import hashlib
+
+    digest = hashlib.sha256(b"key").hexdigest()
+    app = build_app(fake_service(minilm_folder), api_key_sha256=digest, open_endpoints=("health",))
+    with TestClient(app) as client:
+        assert client.get("/ping").status_code == 200
+        for method, path in (("GET", "/"), ("POST", "/"), ("POST", "/invocations"), ("POST", "/embeddings")):
+            assert client.request(method, path, json={"inputs": "a"}).status_code == 401, (method, path)
+        assert client.get("/v1/models").status_code == 401
+    closed = build_app(fake_service(minilm_folder), api_key_sha256=digest, open_endpoints=())
+    with TestClient(closed) as client:
+        assert client.get("/ping").status_code == 401
+
+
+def test_models_list_and_retrieve_in_openai_shape(client: TestClient) -> None:
+    """Issue 18: GET /v1/models was missing, so openai's client.models.list() and front ends' checks failed."""
+    from openai.types import Model
+
+    listed = client.get("/v1/models")
+    assert listed.status_code == 200
+    body = listed.json()
+    assert body["object"] == "list" and [item["id"] for item in body["data"]] == ["all-MiniLM-L6-v2"]
+    model = Model.model_validate(body["data"][0])
+    assert model.object == "model" and model.owned_by == "mig-orchestrator"
+    assert client.get("/v1/models/all-MiniLM-L6-v2").json() == body["data"][0]
+    missing = client.get("/v1/models/text-embedding-3-small")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    assert "not served here" in missing.json()["error"]["message"]

@@ -85,3 +85,13 @@ def test_a_huge_cjk_text_is_truncated_from_its_first_characters(minilm_folder: P
     spy = recording(tokenizer)
     ids = tokenizer.encode(["漢字" * 650_000], truncate=True)[0]  # 3.9 MB of UTF-8, as in the attack run
     assert len(ids) == LIMIT and spy.longest == tokenizer.max_text_chars
+
+
+def test_too_many_token_ids_say_how_to_truncate(minilm_folder: Path) -> None:
+    """Issue 18: every refusal names the fix a client can send (``truncate`` is accepted on both routes)."""
+    tokenizer = TextTokenizer(minilm_folder, 8)
+    with pytest.raises(InputTooLong, match=r"input 0 has 9 tokens, .* limit of 8; shorten it or set truncate to true"):
+        tokenizer.check_token_ids(list(range(1000, 1009)), 0, truncate=False)
+    assert tokenizer.check_token_ids(list(range(1000, 1009)), 0, truncate=True, direction="left") == list(
+        range(1001, 1009)
+    )

@@ -69,3 +69,30 @@ def test_mean_pooling_of_float16_states_does_not_overflow() -> None:
     mask = torch.ones((1, 4096), dtype=torch.long)
     pooled = pool(hidden, mask, "mean")
     assert torch.isfinite(pooled).all() and torch.allclose(pooled, torch.full((1, 8), 30.0))
+
+
+def test_a_gpu_load_places_the_weights_on_the_device_and_the_cpu_load_is_unchanged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gpu-audit W12: from_pretrained materialises each weight where its device map says, instead of a host copy."""
+    from workers.backends.torch_backend import load_placement
+
+    assert load_placement("cuda", None, accelerate_available=True) == {"device_map": {"": "cuda"}}
+    assert load_placement("cpu", None, accelerate_available=True) == {}
+    assert load_placement("cuda", {"embeddings": 0, "layers.0": 1}, True) == {
+        "device_map": {"embeddings": 0, "layers.0": 1}
+    }
+    with caplog.at_level("WARNING"):
+        assert load_placement("cuda", None, accelerate_available=False) == {}
+    assert "loaded in host memory, then moved to cuda" in caplog.text
+
+
+def test_loading_through_a_one_device_map_gives_the_same_vectors(minilm_folder: Path) -> None:
+    """The placement a GPU gets ({"": device}), given a host device transformers accepts the same way ("cpu:0"):
+    the real from_pretrained takes it and the model computes as the plain CPU load does."""
+    card = read_model_card(minilm_folder)
+    ids = TextTokenizer(minilm_folder, card.max_input_tokens).encode(sentences(6), truncate=True)
+    plain = TorchBackend(minilm_folder, card.pooling)
+    placed = TorchBackend(minilm_folder, card.pooling, device="cpu:0")
+    assert placed._model.get_input_embeddings().weight.device.type == "cpu"
+    assert np.allclose(plain.embed(ids), placed.embed(ids), atol=1e-6)

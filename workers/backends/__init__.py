@@ -44,3 +44,16 @@ def pad_batch(batch: Sequence[Sequence[int]], pad_id: int, side: str = "right") 
         input_ids[row, columns] = ids
         mask[row, columns] = 1
     return input_ids, mask
+
+
+class PartialBatchFailure(Exception):
+    """Some texts of a batch were computed and some failed (one too large for the device's memory even alone).
+
+    ``vectors`` holds a row per text of the batch, None where it failed; ``failures`` maps those rows to the error
+    their requests get. The batcher answers the computed texts and fails only the requests of the failed ones.
+    """
+
+    def __init__(self, vectors: list[np.ndarray | None], failures: dict[int, Exception]) -> None:
+        super().__init__(f"{len(failures)} of {len(vectors)} texts failed")
+        self.vectors = vectors
+        self.failures = failures

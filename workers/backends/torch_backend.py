@@ -3,6 +3,7 @@ device map, pooled on the device where its states are."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,26 @@ def _describe_devices(device_map: Mapping[str, int | str]) -> str:
     """``cuda:0,1`` for a map over CUDA devices 0 and 1 (what /info shows)."""
     devices = sorted({str(device) for device in device_map.values()})
     return "cuda:" + ",".join(devices) if all(d.isdigit() for d in devices) else ",".join(devices)
+
+
+def load_placement(
+    device: str, device_map: Mapping[str, int | str] | None, accelerate_available: bool
+) -> dict[str, dict[str, int | str]]:
+    """The placement arguments of ``from_pretrained``: the given device map; ``{"": device}`` for one GPU, so that
+    transformers materialises each weight directly there (it needs accelerate for any device_map, and loads on the
+    host then moves without it, as it does on CPU); nothing for the CPU, where the host is the device."""
+    if device_map is not None:
+        return {"device_map": dict(device_map)}
+    if device == "cpu":
+        return {}
+    if not accelerate_available:
+        logger.warning(
+            "accelerate is not installed: the model is loaded in host memory, then moved to %s (pip install "
+            "'mig-orchestrator[gpu]' to load it straight onto the GPU)",
+            device,
+        )
+        return {}
+    return {"device_map": {"": device}}
 
 
 class TorchBackend:
@@ -55,14 +76,21 @@ class TorchBackend:
         eos = getattr(model_config, "eos_token_id", None)
         fallback = eos[0] if isinstance(eos, list) and eos else eos
         self._pad_id = int(pad if pad is not None else (fallback or 0))
+        placement = load_placement(device, device_map, importlib.util.find_spec("accelerate") is not None)
         if device_map is None:
-            self._model = AutoModel.from_pretrained(folder, dtype=torch_dtype, attn_implementation=attn_implementation)
-            self._model.to(device).eval()
+            # On a GPU the weights go from the file straight to the device (placement {"": device}): no full copy in
+            # host memory per replica at start-up, which seven replicas of one GPU would each make (gpu-audit W12).
+            self._model = AutoModel.from_pretrained(
+                folder, dtype=torch_dtype, attn_implementation=attn_implementation, **placement
+            )
+            if not placement:
+                self._model.to(device)
+            self._model.eval()
         else:
             # transformers dispatches the weights with accelerate's hooks (activations follow the layers from device
             # to device) and leaves the model's _skip_keys_device_placement where they are.
             self._model = AutoModel.from_pretrained(
-                folder, dtype=torch_dtype, attn_implementation=attn_implementation, device_map=dict(device_map)
+                folder, dtype=torch_dtype, attn_implementation=attn_implementation, **placement
             )
             self._model.eval()
             device = str(self._model.get_input_embeddings().weight.device)
@@ -83,6 +111,12 @@ class TorchBackend:
         )
 
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Vectors of ``batch``; a batch that runs the device out of memory is split and retried (``oom_split``)."""
+        from workers.backends.oom_split import embed_splitting_on_oom
+
+        return embed_splitting_on_oom(self._embed_once, batch, self.info.device)
+
+    def _embed_once(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         import torch
 
         from workers.backends.pooling import pool

@@ -7,14 +7,24 @@ naming the file and the key, before anything starts.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.balancer import Weights
 from orchestrator.contracts.errors import ConfigError
@@ -29,9 +39,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Embedding settings that mean nothing for a cross-encoder, and why: set on a reranker they would be silently ignored.
+RERANKER_REFUSES = {
+    "pooling": "scores a pair with its classification head: there is no pooling",
+    "normalize": "returns scores, not vectors to normalise",
+    "prompts": "takes no prompts: the query and the document are the model's two inputs",
+    "default_prompt_name": "takes no prompts: the query and the document are the model's two inputs",
+    "padding_side": "pads on the right, as sentence-transformers' CrossEncoder does",
+    "quantize": "runs on PyTorch, and int8 is an ONNX Runtime setting",
+    "backend": "runs on PyTorch (torch, or auto)",
+}
+
+
 class ModelConfig(_Strict):
     """Which model every instance serves, unless an instance names its own ``model_path``."""
 
+    # First, so that the validators of the settings below see it.
+    task: Literal["embed", "rerank"] = Field(
+        "embed",
+        description="embed: an embedding model (/v1/embeddings, /embed). rerank: a cross-encoder scoring (query, "
+        "document) pairs (/rerank, /v1/rerank; docs/rerank.md), on PyTorch (backend auto means torch).",
+    )
     name: str | None = Field(None, description="Model id shown in /info and answers; default: the folder's name.")
     path: str | None = Field(None, description="A local model folder (sentence-transformers or transformers layout).")
     package: str | None = Field(
@@ -59,6 +87,23 @@ class ModelConfig(_Strict):
     tensor_parallel_size: PositiveInt = Field(
         1, description="Validated against the model's attention and key-value heads; only 1 is served yet."
     )
+
+    @field_validator(*RERANKER_REFUSES, mode="after")
+    @classmethod
+    def _not_on_a_reranker(cls, value: object, info: ValidationInfo) -> object:
+        # Runs only for settings the file gives (defaults are not validated); a default value is harmless.
+        name = str(info.field_name)
+        harmless = ("auto", "torch") if name == "backend" else (cls.model_fields[name].get_default(),)
+        if info.data.get("task") == "rerank" and value not in harmless:
+            raise ValueError(f"a reranker (task: rerank) {RERANKER_REFUSES[name]}; remove this setting")
+        return value
+
+    @model_validator(mode="after")
+    def _rerankers_run_on_torch(self) -> ModelConfig:
+        # The planner's auto would choose ONNX Runtime on CPU pools, which has no cross-encoder implementation here.
+        if self.task == "rerank" and self.backend == "auto":
+            return self.model_copy(update={"backend": "torch"})
+        return self
 
     @model_validator(mode="after")
     def _path_wins_over_default_package(self) -> ModelConfig:
@@ -259,13 +304,43 @@ def _format_location(loc: tuple[int | str, ...], raw: object) -> str:
     return "".join(parts) or "<top level>"
 
 
+# What a pattern means, in words: pydantic would print the regular expression.
+PATTERN_MEANINGS = {
+    "type": "is not an instance type: a MIG profile as nvidia-smi names it (1g.5gb, 3g.40gb, 1g.10gb+me, 1c.3g.20gb), "
+    "gpu for a whole GPU, or cpu",
+    "name": "is not a usable name: letters, digits, '_', '.' and '-', starting with a letter or a digit",
+}
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the config accepts where ``loc``'s last key was found (empty when that place is not a section)."""
+    model: Any = Config
+    for item in loc[:-1]:
+        if isinstance(item, int):
+            continue
+        field = model.model_fields.get(item) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        candidates += [inner for c in list(candidates) for inner in typing.get_args(c)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
 def _validation_lines(path: str, error: ValidationError, raw: object) -> list[str]:
     lines = []
     for item in error.errors():
-        key = _format_location(tuple(item["loc"]), raw)
+        loc = tuple(item["loc"])
+        key = _format_location(loc, raw)
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6)
+            message = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
+        elif item["type"] == "string_pattern_mismatch" and str(loc[-1]) in PATTERN_MEANINGS:
+            message = f"{item.get('input')!r} {PATTERN_MEANINGS[str(loc[-1])]}"
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         lines.append(f"{path}: {key}: {message}")

@@ -1,9 +1,12 @@
-"""Metric names and labels in one place, and the two views of the instances' snapshots.
+"""Metric names and labels in one place, the instances' reports, and their Prometheus text.
 
 * ``render_prometheus``: Prometheus text (through prometheus_client, not hand-written) for ``GET /metrics``. GPU
   instances carry dcgm-exporter's labels (``gpu``, ``UUID`` of the parent GPU, ``GPU_I_ID``, ``GPU_I_PROFILE``) so a
-  dashboard can join our series with ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` of the same slice.
-* ``instances_view``: the JSON of ``GET /instances``, shaped after the seed's ``collect_metrics``.
+  dashboard can join our series with ``DCGM_FI_PROF_GR_ENGINE_ACTIVE`` of the same slice. Counters are the current
+  replica's own: they restart from zero when a replica is replaced, as Prometheus expects of a counter (``rate()`` and
+  ``increase()`` handle the reset, and a sum carried over would be counted twice by them).
+* ``InstanceReport``: one instance as the metrics hub knows it, with the counters of its replaced replicas carried
+  (``CarriedCounters``) and the histogram arithmetic the ``/instances`` view (``instances_view.py``) builds on.
 
 Snapshots are ``contracts.snapshot.InstanceSnapshot``, as replicas push them to the metrics hub. Pure: no Ray here.
 """
@@ -11,10 +14,9 @@ Snapshots are ``contracts.snapshot.InstanceSnapshot``, as replicas push them to 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.contracts.snapshot import InstanceSnapshot
+from orchestrator.contracts.snapshot import InstanceReport
 
 PREFIX = "orchestrator"
 LABELS = ("instance", "model", "node", "device_kind", "gpu", "UUID", "GPU_I_ID", "GPU_I_PROFILE")
@@ -55,16 +57,6 @@ def metric_names() -> set[str]:
     names |= {f"{PREFIX}_{name}" for name, _ in GAUGES.values()}
     names |= {f"{PREFIX}_up"}
     return names
-
-
-@dataclass(frozen=True)
-class InstanceReport:
-    """One instance as the hub knows it: identity labels, its latest snapshot, its rates, its age."""
-
-    labels: dict[str, str]
-    snapshot: InstanceSnapshot
-    rates: dict[str, float]
-    age_s: float
 
 
 def label_values(labels: dict[str, str]) -> list[str]:
@@ -130,53 +122,3 @@ def render_prometheus(reports: Sequence[InstanceReport]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(reports))  # type: ignore[arg-type]
     return generate_latest(registry)
-
-
-def _mean_ms(histogram: dict[str, Any] | None) -> float | None:
-    if not histogram or not histogram.get("count"):
-        return None
-    return histogram["sum"] / histogram["count"] * 1000
-
-
-def instances_view(reports: Sequence[InstanceReport], gpu_utilization: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The seed's ``collect_metrics`` shape: totals plus one entry per instance."""
-    instance_stats = {}
-    total_requests = total_failures = 0
-    for report in reports:
-        snapshot = report.snapshot
-        gauges = snapshot.get("gauges", {})
-        requests = sum(snapshot.get("requests", {}).values())
-        failures = sum(snapshot.get("failures", {}).values())
-        total_requests += requests
-        total_failures += failures
-        histograms = snapshot.get("histograms", {})
-        instance_stats[report.labels["instance"]] = {
-            "labels": report.labels,
-            "load": gauges.get("load"),
-            "queue_length": gauges.get("queued_texts"),
-            "in_flight": snapshot.get("in_flight", 0),
-            "response_time_ms": _mean_ms(histograms.get("request_seconds")),
-            "queue_time_ms": _mean_ms(histograms.get("queue_seconds")),
-            "inference_time_ms": _mean_ms(histograms.get("inference_seconds")),
-            "throughput_embeddings_per_s": report.rates.get("embeddings_per_second"),
-            "tokens_per_s": report.rates.get("tokens_per_second"),
-            "requests": requests,
-            "failures": snapshot.get("failures", {}),
-            "error_rate": failures / requests if requests else 0.0,
-            "memory_used_bytes": gauges.get("memory_used_bytes"),
-            "memory_total_bytes": gauges.get("memory_total_bytes"),
-            "capacity": gauges.get("capacity"),
-            "reporting": report.age_s < 10,
-        }
-    return {
-        "gpu_utilization": gpu_utilization
-        or {"value": None, "why": "not measured: NVML reports no utilisation for MIG slices (A100/A30) or CPU pools"},
-        "memory_usage_bytes": sum(s["memory_used_bytes"] or 0 for s in instance_stats.values()),
-        "throughput_embeddings_per_s": sum(s["throughput_embeddings_per_s"] or 0 for s in instance_stats.values()),
-        "error_rates": {
-            "requests": total_requests,
-            "failures": total_failures,
-            "rate": total_failures / total_requests if total_requests else 0.0,
-        },
-        "instance_stats": instance_stats,
-    }

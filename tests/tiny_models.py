@@ -1,4 +1,5 @@
-"""Tiny MPNet and Qwen3 checkpoints built locally (random weights), saved in the layout real checkpoints use.
+"""Tiny MPNet, Qwen3 and BERT cross-encoder checkpoints built locally (random weights), saved in the layout real
+checkpoints use.
 
 Nothing is downloaded: the configs come from transformers' config classes and the tokenizers are built with the
 ``tokenizers`` library from a small vocabulary, then everything is written to a folder (``config.json``,
@@ -114,4 +115,41 @@ def build_tiny_qwen3(
     torch.manual_seed(seed)
     Qwen3Model(config).eval().save_pretrained(folder)
     _write_sentence_transformers_files(folder, "lasttoken", config.hidden_size, {"query": QUERY_PROMPT, "document": ""})
+    return folder
+
+
+def build_tiny_cross_encoder(folder: Path, seed: int = 0, model_max_length: int = 40) -> Path:
+    """A 2-layer BERT cross-encoder with one output label (as ms-marco-MiniLM-L6-v2 is), in transformers' layout.
+
+    The tokenizer puts ``[CLS] query [SEP] document [SEP]`` with token type ids 0 then 1, as BERT's does;
+    ``tokenizer_config.json`` sets ``model_max_length`` below the 64 positions, so the limit comes from the tokenizer as
+    sentence-transformers' CrossEncoder takes it. Weights are drawn wide (``initializer_range`` 0.3) so that scores
+    spread over the sigmoid instead of all sitting at 0.5.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer, vocab = _word_level_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        ("[CLS] $A [SEP]", "[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1"),
+        "[UNK]",
+    )
+    tokenizer.save(str(folder / "tokenizer.json"))
+    tokenizer_config = {"tokenizer_class": "BertTokenizer", "model_max_length": model_max_length, "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        num_labels=1,
+        pad_token_id=vocab["[PAD]"],
+        initializer_range=0.3,
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
     return folder

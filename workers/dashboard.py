@@ -2,7 +2,9 @@
 
 The page is plain HTML, CSS and JavaScript shipped in ``workers/dashboard_assets/`` (no CDN, no framework, no
 external fonts: the service often runs on machines without internet access). It polls ``GET /instances`` once a
-second from the browser, so the server side is only three static files, read once and kept in memory.
+second from the browser, so the server side is only three static files, read once and kept in memory. Its charts
+draw the last minute that ``/instances`` carries (kept by the metrics hub), so they are full from the first answer;
+through the front door it also shows the retries and the instances the front door can reach right now.
 
 Only the names in ``ASSETS`` are served, which rules out path traversal by construction rather than by checking
 paths. A name outside them is the JSON 404 every route answers (``contracts.errors.error_body``).

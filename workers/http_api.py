@@ -1,4 +1,6 @@
-"""The HTTP API of an instance: OpenAI ``/v1/embeddings`` and ``/v1/models``, TEI ``/embed``, ``/health``, ``/info``.
+"""The HTTP API of an instance: OpenAI ``/v1/embeddings`` and ``/v1/models``, TEI ``/embed``, ``/health``, ``/info``;
+on a reranker (``model.task: rerank``), TEI's ``/rerank`` and the ``/v1/rerank`` of Cohere, Jina and vLLM instead
+(``workers/api_rerank.py``). Each task answers the other's routes with a 400 naming its task.
 
 One FastAPI app per replica (the front door hands it the request after our router picked the replica, so there is no
 extra hop). Bodies are read with a size limit and parsed once with orjson; answers are serialised once with orjson
@@ -7,9 +9,10 @@ framework's, goes through ``error_response``: OpenAI's error shape under ``/v1``
 ``/embeddings``), TEI's elsewhere.
 
 The other routes TEI serves for an embedding model, so that clients written for TEI work unchanged: ``POST /`` and
-``POST /invocations`` (SageMaker) are ``/embed``; ``POST /embeddings`` is ``/v1/embeddings``; ``GET /`` and
-``GET /ping`` are ``/health`` (``/ping`` is open like ``/health`` when an API key is set; ``GET /`` is not, as
-``POST /`` embeds). These aliases stay out of the OpenAPI schema, which lists each contract once.
+``POST /invocations`` (SageMaker) are ``/embed`` (``/rerank`` on a reranker, as in TEI); ``POST /embeddings`` is
+``/v1/embeddings``; ``GET /`` and ``GET /ping`` are ``/health`` (``/ping`` is open like ``/health`` when an API key is
+set; ``GET /`` is not, as ``POST /`` embeds). These aliases stay out of the OpenAPI schema, which lists each contract
+once.
 
 Two settings decide what a request that does not say means (see ``ServiceInfo``): token-id input is refused unless
 ``server.accept_token_ids`` (ids from another tokenizer, such as the tiktoken ids LangChain sends by default, would
@@ -25,7 +28,7 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
@@ -44,13 +47,18 @@ from orchestrator.contracts.errors import (
     error_body,
 )
 from orchestrator.contracts.forwarding import BoundedBody
-from orchestrator.metrics import InstanceReport, instances_view, render_prometheus
+from orchestrator.contracts.snapshot import InstanceReport
+from orchestrator.instances_view import instances_view
+from orchestrator.metrics import render_prometheus
 from workers.api_auth import key_matches, requires_key
+from workers.api_rerank import RerankRequest, TEIRerankRequest, tei_rerank, v1_rerank, wrong_task
 from workers.api_schemas import OpenAIEmbeddingRequest, TEIEmbedRequest
 from workers.dashboard import register_dashboard
-from workers.service import EmbeddingService, EmbedResult
+from workers.rerank_service import RerankService
+from workers.service import Accounted, EmbeddingService, InstanceService
 
 ReportsSource = Callable[[], Awaitable[list[InstanceReport]]]
+Task = TypeVar("Task", EmbeddingService, RerankService)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +131,7 @@ def _openai_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> tuple[
     return inputs, pre_tokenized
 
 
-def _check_count(service: EmbeddingService, inputs: list[Any]) -> None:
+def _check_count(service: InstanceService, inputs: list[Any]) -> None:
     if not inputs:
         raise EmptyInput("input is empty; send at least one text")
     limit = service.info.max_inputs_per_request
@@ -131,7 +139,7 @@ def _check_count(service: EmbeddingService, inputs: list[Any]) -> None:
         raise ValidationFailed(f"{len(inputs)} inputs is more than the limit of {limit} per request")
 
 
-def _timing_headers(service: EmbeddingService, result: EmbedResult) -> dict[str, str]:
+def _timing_headers(service: InstanceService, result: Accounted) -> dict[str, str]:
     return {
         "x-instance": service.info.instance,
         "x-compute-tokens": str(result.prompt_tokens),
@@ -140,8 +148,8 @@ def _timing_headers(service: EmbeddingService, result: EmbedResult) -> dict[str,
     }
 
 
-def _with_result(response: Response, result: EmbedResult) -> Response:
-    response.embed_result = result  # type: ignore[attr-defined]  # read by _instrumented for the metrics
+def _with_result(response: Response, result: Accounted) -> Response:
+    response.accounted = result  # type: ignore[attr-defined]  # read by _instrumented for the metrics
     return response
 
 
@@ -149,7 +157,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {JSON: {"schema": model.model_json_schema()}}}}
 
 
-async def _instrumented(service: EmbeddingService, route: str, handle: Callable[[], Awaitable[Response]]) -> Response:
+async def _instrumented(service: InstanceService, route: str, handle: Callable[[], Awaitable[Response]]) -> Response:
     """Count the request and its outcome in the instance's metrics; errors still reach the one error mapping."""
     metrics = service.metrics
     started = time.perf_counter()
@@ -165,13 +173,13 @@ async def _instrumented(service: EmbeddingService, route: str, handle: Callable[
     except Exception:
         metrics.request_finished(time.perf_counter() - started, error_type="Internal")
         raise
-    result: EmbedResult | None = getattr(response, "embed_result", None)
+    result: Accounted | None = getattr(response, "accounted", None)
     if result is None:
         metrics.request_finished(time.perf_counter() - started)
     else:
         metrics.request_finished(
             time.perf_counter() - started,
-            embeddings=len(result.vectors),
+            embeddings=result.rows,  # a reranker's pairs count as its embeddings
             tokens=result.prompt_tokens,
             queue_s=result.queue_s,
             inference_s=result.inference_s,
@@ -180,12 +188,12 @@ async def _instrumented(service: EmbeddingService, route: str, handle: Callable[
 
 
 def build_app(
-    service: EmbeddingService,
+    service: EmbeddingService | RerankService,
     reports: ReportsSource | None = None,
     api_key_sha256: str | None = None,
     open_endpoints: tuple[str, ...] = ("health", "metrics"),
 ) -> FastAPI:
-    """The ASGI app of one instance, bound to its embedding service.
+    """The ASGI app of one instance, bound to its embedding (or reranking) service.
 
     ``reports`` returns every instance's metrics (the metrics hub); without it, only this instance is shown.
     With ``api_key_sha256``, every endpoint but the ``open_endpoints`` groups needs ``Authorization: Bearer <key>``
@@ -235,7 +243,13 @@ def build_app(
     async def openai_embeddings(request: Request) -> Response:
         return await _instrumented(service, "/v1/embeddings", lambda: _openai(request))
 
+    def _serving(task_service: type[Task]) -> Task:
+        if not isinstance(service, task_service):  # a route of the other task
+            raise wrong_task(info.model_name, info.task)
+        return service
+
     async def _openai(request: Request) -> Response:
+        embedder = _serving(EmbeddingService)
         body: OpenAIEmbeddingRequest = _parse(
             OpenAIEmbeddingRequest, await _read_json_body(request, info.max_request_bytes)
         )
@@ -248,7 +262,7 @@ def build_app(
             raise EmptyInput("input contains an empty text; every input needs at least one character or token")
         if pre_tokenized and body.prompt_name is not None:
             raise ValidationFailed("prompt_name cannot be combined with token-id input: put the prompt's tokens in")
-        result = await service.embed(
+        result = await embedder.embed(
             inputs,
             pre_tokenized=pre_tokenized,
             truncate=body.truncate,
@@ -279,12 +293,13 @@ def build_app(
         return await _instrumented(service, "/embed", lambda: _tei(request))
 
     async def _tei(request: Request) -> Response:
+        embedder = _serving(EmbeddingService)
         body: TEIEmbedRequest = _parse(TEIEmbedRequest, await _read_json_body(request, info.max_request_bytes))
         inputs = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
         _check_count(service, inputs)
         if any(not text for text in inputs):
             raise EmptyInput("inputs contains an empty text; every input needs at least one character")
-        result = await service.embed(
+        result = await embedder.embed(
             inputs,
             truncate=body.truncate,
             direction=body.truncation_direction.lower(),
@@ -294,21 +309,40 @@ def build_app(
         )
         return _with_result(_json(result.vectors, headers=_timing_headers(service, result)), result)
 
-    for path in OPENAI_EMBED_PATHS:
+    async def tei_rerank_route(request: Request) -> Response:
+        return await _instrumented(service, "/rerank", lambda: _tei_rerank(request))
+
+    async def _tei_rerank(request: Request) -> Response:
+        reranker = _serving(RerankService)
+        body = _parse(TEIRerankRequest, await _read_json_body(request, info.max_request_bytes))
+        ranks, result = await tei_rerank(reranker, body)
+        return _with_result(_json(ranks, headers=_timing_headers(service, result)), result)
+
+    async def v1_rerank_route(request: Request) -> Response:
+        return await _instrumented(service, "/v1/rerank", lambda: _v1_rerank(request))
+
+    async def _v1_rerank(request: Request) -> Response:
+        reranker = _serving(RerankService)
+        body = _parse(RerankRequest, await _read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
+        payload, result = await v1_rerank(reranker, body)
+        return _with_result(_json(payload, headers=_timing_headers(service, result)), result)
+
+    # Each task's routes are in the OpenAPI schema of its instances only; the other task's answer 400 (WrongTask).
+    # TEI's default routes ("/", "/invocations") do the instance's task.
+    embeds = isinstance(service, EmbeddingService)
+    tei_default = (tei_embed, TEIEmbedRequest) if embeds else (tei_rerank_route, TEIRerankRequest)
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], type[BaseModel], bool]] = [
+        (OPENAI_EMBED_PATHS[0], openai_embeddings, OpenAIEmbeddingRequest, embeds),
+        *((path, openai_embeddings, OpenAIEmbeddingRequest, False) for path in OPENAI_EMBED_PATHS[1:]),
+        ("/embed", tei_embed, TEIEmbedRequest, embeds),
+        ("/rerank", tei_rerank_route, TEIRerankRequest, not embeds),
+        ("/v1/rerank", v1_rerank_route, RerankRequest, not embeds),
+        *((path, *tei_default, False) for path in TEI_EMBED_PATHS[1:]),
+    ]
+    for path, endpoint, body_model, listed in routes:
         app.add_api_route(
-            path,
-            openai_embeddings,
-            methods=["POST"],
-            openapi_extra=_body_schema(OpenAIEmbeddingRequest),
-            include_in_schema=path == OPENAI_EMBED_PATHS[0],
-        )
-    for path in TEI_EMBED_PATHS:
-        app.add_api_route(
-            path,
-            tei_embed,
-            methods=["POST"],
-            openapi_extra=_body_schema(TEIEmbedRequest),
-            include_in_schema=path == TEI_EMBED_PATHS[0],
+            path, endpoint, methods=["POST"], openapi_extra=_body_schema(body_model), include_in_schema=listed
         )
 
     model_card = {"id": info.model_name, "object": "model", "created": MODEL_CREATED, "owned_by": MODEL_OWNER}
@@ -343,6 +377,7 @@ def build_app(
         return _json(
             {
                 "model_id": info.model_name,
+                "task": info.task,
                 "instance": info.instance,
                 "dimensions": info.backend.dimensions,
                 "pooling": info.pooling,

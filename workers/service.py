@@ -1,6 +1,8 @@
 """The embedding service of one instance: tokenise, queue in the batcher, post-process vectors.
 
-It is what the HTTP layer calls; it knows nothing of HTTP or Ray, so tests can drive it with any backend.
+It is what the HTTP layer calls; it knows nothing of HTTP or Ray, so tests can drive it with any backend. What every
+instance's service shares, whatever its task (the batcher, its deadline, the metrics and their snapshot), is
+``InstanceService``; a reranker's service (``workers/rerank_service.py``) is the other kind.
 
 Tokenising a large request runs in a worker thread, not on the event loop that also answers ``/health`` and every
 other request of the replica: the tokenizer's batch encoding releases the GIL, so the loop keeps serving while it
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -61,6 +63,7 @@ class ServiceInfo:
     # them behaves as a default config says.
     accept_token_ids: bool = False
     auto_truncate: bool = True
+    task: str = "embed"  # or "rerank" (model.task): which routes the instance answers
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,33 @@ class EmbedResult:
     queue_s: float
     inference_s: float
 
+    @property
+    def rows(self) -> int:
+        """Inputs computed (the metrics' count)."""
+        return len(self.vectors)
 
-class EmbeddingService:
-    """Tokenise, batch and post-process for one instance."""
+
+class Accounted(Protocol):
+    """What a request's result tells the metrics and the timing headers, whatever the task."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def queue_s(self) -> float: ...
+
+    @property
+    def inference_s(self) -> float: ...
+
+
+class InstanceService:
+    """The batcher of one instance with its deadline, metrics and labels: what every task's service has."""
 
     def __init__(
         self,
-        tokenizer: TextTokenizer,
         batcher: Batcher,
         info: ServiceInfo,
         metrics: InstanceMetrics | None = None,
@@ -86,7 +109,6 @@ class EmbeddingService:
         capacity: int | None = None,
         memory_probe: Callable[[], tuple[int | None, int | None]] = process_memory,
     ) -> None:
-        self.tokenizer = tokenizer
         self.batcher = batcher
         self.info = info
         self.metrics = metrics or InstanceMetrics()
@@ -94,7 +116,7 @@ class EmbeddingService:
         self._capacity = capacity
         self._memory_probe = memory_probe
 
-    async def _submit_with_deadline(self, token_lists: list[list[int]]) -> Any:
+    async def _submit_with_deadline(self, token_lists: Sequence[Sequence[int]]) -> Any:
         timeout_s = self.info.request_timeout_s
         if timeout_s is None:
             return await self.batcher.submit(token_lists)
@@ -107,17 +129,6 @@ class EmbeddingService:
                 f"the instance did not answer within {timeout_s:g} s (server.request_timeout_s); retry later"
             ) from None
 
-    def prompt_text(self, prompt_name: str | None) -> str:
-        """The named prompt (or the default one); ValidationFailed lists the names when it is unknown."""
-        name = prompt_name if prompt_name is not None else self.info.default_prompt_name
-        if name is None:
-            return ""
-        try:
-            return self.info.prompts[name]
-        except KeyError:
-            known = ", ".join(sorted(self.info.prompts)) or "none (add model.prompts to the config)"
-            raise ValidationFailed(f"prompt_name {name!r} is not defined for this model; defined: {known}") from None
-
     def snapshot(self) -> InstanceSnapshot:
         """Counters, histograms and the gauges of this instance now (for the metrics hub)."""
         stats = self.batcher.stats()
@@ -129,6 +140,34 @@ class EmbeddingService:
             memory_total_bytes=total,
             capacity=self._capacity,
         )
+
+
+class EmbeddingService(InstanceService):
+    """Tokenise, batch and post-process for one instance."""
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        batcher: Batcher,
+        info: ServiceInfo,
+        metrics: InstanceMetrics | None = None,
+        labels: dict[str, str] | None = None,
+        capacity: int | None = None,
+        memory_probe: Callable[[], tuple[int | None, int | None]] = process_memory,
+    ) -> None:
+        super().__init__(batcher, info, metrics, labels, capacity, memory_probe)
+        self.tokenizer = tokenizer
+
+    def prompt_text(self, prompt_name: str | None) -> str:
+        """The named prompt (or the default one); ValidationFailed lists the names when it is unknown."""
+        name = prompt_name if prompt_name is not None else self.info.default_prompt_name
+        if name is None:
+            return ""
+        try:
+            return self.info.prompts[name]
+        except KeyError:
+            known = ", ".join(sorted(self.info.prompts)) or "none (add model.prompts to the config)"
+            raise ValidationFailed(f"prompt_name {name!r} is not defined for this model; defined: {known}") from None
 
     async def embed(
         self,

@@ -22,13 +22,14 @@ from orchestrator.cli.output import DEFAULT_CONFIG, ConfigOption, console, fail,
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.contracts.plan import Plan
-from orchestrator.serving.control_plane import ControlPlaneWatch, adopt_orphans, kill_descendants
+from orchestrator.serving.control_plane import ControlPlaneWatch, SignalDeadline, adopt_orphans, kill_descendants
 from orchestrator.serving.ray_access import RayAccessError
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
 
 LOST_NOTICE_S = 5.0
+STOP_GRACE_S = 15.0  # a start-up interrupted stops its own way within this, else is ended
 
 
 def _load(config_path: Path, port: int | None = None) -> LoadedConfig:
@@ -115,16 +116,29 @@ def up_command(
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # A Ctrl-C during start-up stops it within STOP_GRACE_S even when Ray holds the main thread in a C call.
+    deadline = SignalDeadline(
+        STOP_GRACE_S,
+        on_expiry=lambda _: console.print(
+            f"Stopped. (Ray did not let go within {STOP_GRACE_S:.0f} s: its processes were ended.)"
+        ),
+    )
     try:
         started = time.monotonic()
         front, loaded, placement = _start(config, port, timeout_s)
     except KeyboardInterrupt:  # before anything was started (planning, the ONNX export): nothing to stop
         console.print("Interrupted: nothing was started.")
         raise typer.Exit(130) from None
+    finally:
+        deadline.disarm()
     server = loaded.config.server
     console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
     url = f"http://{server.host}:{server.port}"
-    routes = "POST /v1/embeddings, POST /embed, GET /v1/models, GET /health"
+    routes = (
+        "POST /v1/rerank, POST /rerank, GET /v1/models, GET /health"
+        if loaded.config.model.task == "rerank"
+        else "POST /v1/embeddings, POST /embed, GET /v1/models, GET /health"
+    )
     console.print(f"Serving {loaded.model_name} at {url}  ({routes})")
     console.print(f"Dashboard: {url}/dashboard   Prometheus metrics: {url}/metrics   Instances: orchestrator status")
     console.print("Press Ctrl-C to stop.")

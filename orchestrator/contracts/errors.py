@@ -57,6 +57,14 @@ class EmptyInput(OrchestratorError):
     openai_type = "invalid_request_error"
 
 
+class WrongTask(OrchestratorError):
+    """A route of the other task: an embedding route on a reranker, or a rerank route on an embedder."""
+
+    status_code = 400
+    error_type = "WrongTask"
+    openai_type = "invalid_request_error"
+
+
 class MalformedRequest(OrchestratorError):
     """The body is not valid JSON (or not UTF-8)."""
 

@@ -46,6 +46,7 @@ class ReplicaSpec:
     # Last, with the config's defaults: specs built positionally (tests) stay valid.
     accept_token_ids: bool = _from("server", default=False)
     auto_truncate: bool = _from("server", default=True)
+    task: str = _from("model", default="embed")  # "rerank": a cross-encoder on /rerank and /v1/rerank
 
     @classmethod
     def from_config(

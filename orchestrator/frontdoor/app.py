@@ -10,8 +10,9 @@ can do for itself:
   replica that never answers (504 after the request deadline plus a grace period);
 - **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;
 - **readiness**: ``/health`` gains ``instances_ready``/``instances_planned`` (``degraded`` while some are down) and
-  ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/serving/control_plane.py``), and
-  ``/metrics`` gains the front door's own series (retries, lost instances, ready instances).
+  ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/serving/control_plane.py``),
+  ``/metrics`` gains the front door's own series (retries, lost instances, ready instances), and ``/instances`` (the
+  dashboard's source) gains the same counters and the ready count (``orchestrator.instances_view.with_front_door``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orchestrator.contracts.forwarding import (
     Forwarder,
     error_response,
 )
+from orchestrator.instances_view import with_front_door
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ DEADLINE_GRACE_S = 5.0  # replicas answer their own 504 at the deadline; this ca
 CONNECTION_CLOSE = (b"connection", b"close")
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
+INSTANCES_PATH = "/instances"
 
 
 @dataclass
@@ -197,7 +200,8 @@ class FrontDoor:
         )
 
     def _decorate(self, path: str, response: ForwardedResponse) -> ForwardedResponse:
-        """Readiness on ``/health``; the front door's series on ``/metrics``."""
+        """Readiness on ``/health``; the front door's series on ``/metrics``, its counters and readiness on
+        ``/instances`` (so the dashboard shows retries, and a lost instance the moment its lane breaks)."""
         if path == HEALTH_PATH and self._readiness is not None:
             problem = self._control_plane() if self._control_plane is not None else None
             response = _with_readiness(response, *self._readiness())
@@ -206,13 +210,14 @@ class FrontDoor:
             return response
         if path == METRICS_PATH and response.status == 200:
             return _replace_body(response, response.body + self.prometheus_text().encode())
+        if path == INSTANCES_PATH and response.status == 200:
+            return self._with_front_door_view(response)
         return response
 
-    def prometheus_text(self) -> str:
-        """The front door's own series, in Prometheus' text format."""
-        ready, planned = self._readiness() if self._readiness is not None else (0, 0)
+    def counters(self) -> dict[str, int]:
+        """The front door's counters by their ``/metrics`` name (without prefix and ``_total``)."""
         stats = self.stats
-        values = {
+        return {
             "requests": stats.requests,
             "retries": stats.retried,
             "instance_losses": stats.instance_losses,
@@ -221,6 +226,21 @@ class FrontDoor:
             "cancelled": stats.cancelled,
             "internal_errors": stats.failed_internal,
         }
+
+    def _with_front_door_view(self, response: ForwardedResponse) -> ForwardedResponse:
+        try:
+            view = orjson.loads(response.body)
+        except orjson.JSONDecodeError:
+            return response
+        if not isinstance(view, dict):
+            return response
+        readiness = self._readiness() if self._readiness is not None and self._forwarder is not None else None
+        return _replace_body(response, orjson.dumps(with_front_door(view, self.counters(), readiness)))
+
+    def prometheus_text(self) -> str:
+        """The front door's own series, in Prometheus' text format."""
+        ready, planned = self._readiness() if self._readiness is not None else (0, 0)
+        values = self.counters()
         lines = []
         for name, help_text in FRONT_DOOR_COUNTERS.items():
             family = f"orchestrator_front_door_{name}_total"  # named as prometheus_client writes counters

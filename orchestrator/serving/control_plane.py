@@ -107,3 +107,50 @@ def kill_descendants() -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return len(pids)
+
+
+class SignalDeadline:
+    """While armed, a SIGINT or SIGTERM ends this process within ``grace_s`` seconds, whatever the main thread does.
+
+    Python runs signal handlers on the main thread only, between bytecodes: a Ctrl-C that arrives while the main
+    thread waits inside a C call (``ray.init`` waiting for a GCS the same Ctrl-C killed) is not seen until that call
+    returns, which can take a minute. The C-level handler still writes the signal to the wakeup file descriptor at
+    once, so a thread reading it knows; it gives the main thread ``grace_s`` to stop things its way (the
+    KeyboardInterrupt path), then ends every descendant and exits 128 + signal. Arm it around start-up only: a
+    drain after Ready may rightly take longer.
+    """
+
+    def __init__(self, grace_s: float, on_expiry: Callable[[int], None] | None = None) -> None:
+        self._grace_s = grace_s
+        self._on_expiry = on_expiry
+        self._armed = threading.Event()
+        self._reader, self._writer = os.pipe()
+        os.set_blocking(self._writer, False)
+        self._previous_fd = signal.set_wakeup_fd(self._writer, warn_on_full_buffer=False)
+        self._armed.set()
+        threading.Thread(target=self._watch, name="signal-deadline", daemon=True).start()
+
+    def disarm(self) -> None:
+        """Stop watching (the service is Ready, or stopped its own way); the previous wakeup fd is restored."""
+        if self._armed.is_set():
+            self._armed.clear()
+            signal.set_wakeup_fd(self._previous_fd)
+
+    def _watch(self) -> None:
+        while self._armed.is_set():
+            try:
+                received = os.read(self._reader, 16)
+            except OSError:
+                return
+            signals = [number for number in received if number in (signal.SIGINT, signal.SIGTERM)]
+            if signals and self._armed.is_set():
+                threading.Timer(self._grace_s, self._expire, args=(signals[0],)).start()
+                return
+
+    def _expire(self, signum: int) -> None:
+        if not self._armed.is_set():
+            return
+        if self._on_expiry is not None:
+            self._on_expiry(signum)
+        kill_descendants()
+        os._exit(128 + signum)

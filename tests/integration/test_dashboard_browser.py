@@ -1,4 +1,6 @@
-"""The dashboard in a real headless Chromium (Debian's), against the real Ray Serve of the ``served`` fixture.
+"""The dashboard in a real headless Chromium (Debian's), against the real Ray Serve of the ``served`` fixture:
+live numbers under load, a MIG view's labels and explanations, and what the page shows while a replica is killed and
+replaced (totals that never go down, the retries, the instance count dropping at once).
 
 Needs ``apt-get install -y chromium`` (gives /usr/bin/chromium) and ``pip install playwright``. Playwright drives
 the system Chromium; it must never download a browser of its own (``playwright install`` does not work here).
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -87,6 +91,43 @@ GREW = """([names, before]) => names.some((n) => {
 })"""
 
 
+# The page's chart has more points than the page has polled: it drew the hub's last minute from its first answer.
+HISTORY_BEFORE_POLLS = """() => {
+    const samples = Number(document.querySelector('#totals [data-field="history"]').dataset.samples);
+    return { samples, updates: Number(document.body.dataset.updates) };
+}"""
+# Records what every render showed (a MutationObserver on the page's update counter), for the kill test.
+RECORD = """() => {
+    window.__seen = [];
+    const value = (selector) => {
+        const element = document.querySelector(selector);
+        return element && element.dataset.value !== "" ? Number(element.dataset.value) : null;
+    };
+    new MutationObserver(() => {
+        const perInstance = {};
+        for (const card of document.querySelectorAll("[data-instance]")) {
+            const shown = card.querySelector('[data-field="requests"]').dataset.value;
+            perInstance[card.dataset.instance] = shown ? Number(shown) : null;
+        }
+        window.__seen.push({
+            requests: value('#totals [data-field="requests"]'),
+            ready: value('#totals [data-field="instances"]'),
+            retries: value('#totals [data-field="retries"]'),
+            perInstance,
+        });
+    }).observe(document.body, { attributes: true, attributeFilter: ["data-updates"] });
+}"""
+REPLACED = """() => {
+    const badges = Array.from(document.querySelectorAll('[data-field="replacements"]'));
+    const ready = document.querySelector('#totals [data-field="instances"]');
+    return badges.some((b) => Number(b.dataset.value) >= 1) && ready.dataset.value === ready.dataset.planned;
+}"""
+RETRIED = """() => Number(document.querySelector('#totals [data-field="retries"]').dataset.value) >= 1"""
+LATENCIES = """(names) => names.every((n) => ["response-p50-ms", "response-p99-ms"].every(
+    (f) => document.querySelector(`[data-instance="${n}"] [data-field="${f}"]`).dataset.value !== ""))"""
+REPLACEMENT_TIMEOUT_MS = 120_000
+
+
 def _load(url: str, stop: threading.Event, clients: int = 4, max_requests: int = 60) -> int:
     """4 clients sending 8 texts a request to loopback, until told to stop or the bounded loop ends."""
     texts = sentences(64, seed=21)
@@ -119,6 +160,8 @@ def test_dashboard_shows_live_numbers_under_load(served, tmp_path: Path) -> None
         response = page.goto(f"{url}/dashboard")
         assert response is not None and response.status == 200, "GET /dashboard: is register_dashboard(app) wired?"
         page.wait_for_function(ALL_CARDS, arg=list(INSTANCES), timeout=UPDATE_TIMEOUT_MS)
+        first = page.evaluate(HISTORY_BEFORE_POLLS)
+        assert first["samples"] > first["updates"], first  # the charts start with the hub's past, not empty
         page.wait_for_function(POLLED, arg=2, timeout=UPDATE_TIMEOUT_MS)
         before = {n: {"requests": numeric(field(page, n, "requests")) or 0} for n in INSTANCES}
 
@@ -131,6 +174,7 @@ def test_dashboard_shows_live_numbers_under_load(served, tmp_path: Path) -> None
             # The replicas push about once a second and the page polls once a second: a few seconds at most.
             page.wait_for_function(GREW, arg=[list(INSTANCES), before], timeout=UPDATE_TIMEOUT_MS)
             seen_after_s = time.monotonic() - started
+            page.wait_for_function(LATENCIES, arg=list(INSTANCES), timeout=UPDATE_TIMEOUT_MS)
         finally:
             stop.set()
             loader.join(timeout=60)
@@ -144,14 +188,20 @@ def test_dashboard_shows_live_numbers_under_load(served, tmp_path: Path) -> None
             assert field(page, name, "device-kind").inner_text() == "cpu"
             assert field(page, name, "gpu-labels").is_hidden()  # CPU pools carry no GPU labels
             assert int(field(page, name, "history").get_attribute("data-samples")) >= 2
+            p50, p99 = numeric(field(page, name, "response-p50-ms")), numeric(field(page, name, "response-p99-ms"))
+            assert p50 is not None and p99 is not None and 0 < p50 <= p99, (name, p50, p99)
+            assert field(page, name, "response-p99-ms").is_visible()
 
         totals = page.locator("#totals")
         total_requests = numeric(totals.locator('[data-field="requests"]'))
         assert total_requests is not None and total_requests >= sum(after.values())
         assert numeric(totals.locator('[data-field="throughput"]')) is not None
         assert (numeric(totals.locator('[data-field="memory"]')) or 0) > 0
-        gpu = totals.locator('[data-field="gpu-utilization"]')
-        assert gpu.inner_text() == "n/a" and "MIG" in (gpu.get_attribute("title") or "")
+        assert totals.locator('[data-total="gpu-utilization"]').is_hidden()  # every instance is a CPU pool
+        assert numeric(totals.locator('[data-field="instances"]')) == 2  # through the front door: ready / planned
+        assert "ready" in totals.locator('[data-field="instances-unit"]').inner_text()
+        assert numeric(totals.locator('[data-field="retries"]')) is not None  # the front door's, known
+        assert numeric(totals.locator('[data-field="client-errors"]')) is not None
         assert page.locator("#status").get_attribute("data-state") == "ok"
 
         shot = tmp_path / "dashboard.png"
@@ -232,4 +282,65 @@ def test_dashboard_shows_gpu_labels_and_explains_missing_values(served) -> None:
             assert shown.inner_text() == "n/a", name
             assert len(shown.get_attribute("title") or "") > 10, f"{name}: n/a without an explanation"
         assert "MIG" in (field(page, "slice-2", "gpu-utilization").get_attribute("title") or "")
+        gpu = page.locator('#totals [data-total="gpu-utilization"]')
+        assert gpu.is_visible() and "MIG" in (
+            gpu.locator('[data-field="gpu-utilization"]').get_attribute("title") or ""
+        )
+        assert not watch.problems, watch.problems
+
+
+def _replica_pids() -> dict[str, int]:
+    """Serve replica actor name -> its worker process id (through Ray's GCS, as test_replica_loss finds them)."""
+    import ray
+
+    pids = {}
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if "EmbeddingReplica" in entry["name"]:
+            actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+            pids[entry["name"]] = ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
+    return pids
+
+
+def test_dashboard_totals_never_go_down_when_a_replica_is_replaced(served) -> None:
+    """A replica killed under load: the page's totals keep growing (the hub carries the dead replica's counters),
+    the front door's retries appear, and the instance count drops at once and comes back with the replacement."""
+    url, _, _ = served
+    with chromium_browser() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        watch = PageWatch(page, url)
+        page.goto(f"{url}/dashboard")
+        page.wait_for_function(ALL_CARDS, arg=list(INSTANCES), timeout=UPDATE_TIMEOUT_MS)
+        page.evaluate(RECORD)
+
+        stop = threading.Event()
+        result: list[int] = []
+        loader = threading.Thread(target=lambda: result.append(_load(url, stop, max_requests=10_000)), daemon=True)
+        loader.start()
+        try:
+            page.wait_for_function(POLLED, arg=int(page.evaluate("() => document.body.dataset.updates")) + 3)
+            pids = _replica_pids()
+            assert len(pids) == 2, pids
+            killed_at = len(page.evaluate("() => window.__seen"))
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            page.wait_for_function(REPLACED, timeout=REPLACEMENT_TIMEOUT_MS)
+            page.wait_for_function(RETRIED, timeout=UPDATE_TIMEOUT_MS)
+            page.wait_for_function(POLLED, arg=int(page.evaluate("() => document.body.dataset.updates")) + 2)
+        finally:
+            stop.set()
+            loader.join(timeout=60)
+        assert result and result[0] > 0, "the load got no successful answer"
+
+        seen = page.evaluate("() => window.__seen")
+        badges = page.locator('[data-field="replacements"]')
+        victim = next(n for n in INSTANCES if (numeric(field(page, n, "replacements")) or 0) >= 1)
+        assert badges.count() == 2 and field(page, victim, "replacements").is_visible()
+        before = seen[killed_at - 1]["perInstance"][victim]
+        assert before, "the load had not reached the killed instance"
+        totals = [entry["requests"] for entry in seen if entry["requests"] is not None]
+        assert len(totals) >= 5 and all(a <= b for a, b in zip(totals, totals[1:], strict=False)), totals
+        ours = [entry["perInstance"].get(victim) for entry in seen if entry["perInstance"].get(victim) is not None]
+        assert all(a <= b for a, b in zip(ours, ours[1:], strict=False)), ours
+        assert ours[-1] >= before  # the replacement's count adds to its predecessor's: it does not start again
+        assert min(entry["ready"] for entry in seen) == 1, [entry["ready"] for entry in seen]  # the dip was shown
+        assert seen[-1]["ready"] == 2 and seen[-1]["retries"] >= 1
         assert not watch.problems, watch.problems

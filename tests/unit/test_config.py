@@ -44,8 +44,8 @@ def test_unknown_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     lines = caught.value.message.splitlines()
-    assert f"{path}: mig_instances[0].batchsize: unknown key" in lines
-    assert f"{path}: server.prot: unknown key" in lines
+    assert f"{path}: mig_instances[0].batchsize: unknown key (did you mean 'batch_size'?)" in lines
+    assert f"{path}: server.prot: unknown key (did you mean 'port'?)" in lines
 
 
 def test_wrong_types_and_bounds(tmp_path: Path) -> None:
@@ -163,3 +163,66 @@ def test_client_settings_default_to_text_only_and_auto_truncation() -> None:
     assert (changed.accept_token_ids, changed.auto_truncate) == (True, False)
     with pytest.raises(ConfigError, match=r"c.yaml: server.accept_token_ids: Input should be a valid boolean"):
         parse_config({"server": {"accept_token_ids": "sometimes"}, "mig_instances": [{"name": "a"}]}, "c.yaml")
+
+
+def test_model_task_defaults_to_embed_and_a_reranker_runs_on_torch() -> None:
+    def model(section: dict) -> object:
+        return parse_config({"model": section, "mig_instances": [{"name": "a"}]}).model
+
+    assert model({}).task == "embed" and model({}).backend == "auto"
+    reranker = model({"task": "rerank", "path": "somewhere"})
+    assert (reranker.task, reranker.backend, reranker.package) == ("rerank", "torch", None)
+    # The embedding settings at their defaults, and the settings both tasks use, are fine on a reranker.
+    plain = {"normalize": True, "pooling": "auto", "backend": "torch", "max_input_tokens": 256, "dtype": "float16"}
+    assert model({"task": "rerank", **plain}).max_input_tokens == 256
+    with pytest.raises(ConfigError, match=r"model.task: Input should be 'embed' or 'rerank'"):
+        model({"task": "classify"})
+
+
+def test_a_reranker_refuses_embedding_settings_one_line_each() -> None:
+    section = {
+        "task": "rerank",
+        "pooling": "cls",
+        "normalize": False,
+        "prompts": {"query": "q: "},
+        "default_prompt_name": "query",
+        "padding_side": "left",
+        "backend": "onnx",
+        "quantize": "int8",
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"model": section, "mig_instances": [{"name": "a"}]}, "c.yaml")
+    lines = caught.value.message.splitlines()
+    refused = ["pooling", "normalize", "padding_side", "prompts", "default_prompt_name", "backend", "quantize"]
+    assert sorted(line.split(": ")[1] for line in lines) == sorted(f"model.{name}" for name in refused)
+    assert all(line.startswith("c.yaml: model.") and "a reranker (task: rerank)" in line for line in lines)
+    assert any(
+        "model.pooling: a reranker (task: rerank) scores a pair with its classification head" in x for x in lines
+    )
+    # The same settings on an embedding model are valid.
+    section["task"] = "embed"
+    section["backend"] = "onnx"
+    assert parse_config({"model": section, "mig_instances": [{"name": "a"}]}).model.pooling == "cls"
+
+
+@pytest.mark.parametrize(
+    ("raw", "line"),
+    [
+        ({"modle": {}}, "<config>: modle: unknown key (did you mean 'model'?)"),
+        ({"server": {"prot": 1}}, "<config>: server.prot: unknown key (did you mean 'port'?)"),
+        ({"batching": {"max_wait": 1}}, "<config>: batching.max_wait: unknown key (did you mean 'max_wait_ms'?)"),
+        ({"zzz": 1}, "<config>: zzz: unknown key"),
+    ],
+)
+def test_an_unknown_key_names_the_key_it_is_close_to(raw: dict, line: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**raw, "mig_instances": [{"name": "a"}]})
+    assert refused.value.message == line
+
+
+def test_a_bad_instance_type_or_name_is_explained_in_words_not_as_a_regular_expression() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"mig_instances": [{"name": "-a", "type": "1g10gb"}]})
+    message = refused.value.message
+    assert "'1g10gb' is not an instance type: a MIG profile as nvidia-smi names it (1g.5gb, 3g.40gb" in message
+    assert "'-a' is not a usable name" in message and "^" not in message

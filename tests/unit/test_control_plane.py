@@ -103,3 +103,39 @@ def alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+STUCK = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from orchestrator.serving.control_plane import SignalDeadline
+
+    child = subprocess.Popen(["sleep", "60"])
+    deadline = SignalDeadline(1.0, on_expiry=lambda signum: print("expired", signum, flush=True))
+    print("ready", child.pid, flush=True)
+    while True:  # a main thread that never stops its own way (as when Ray holds it in a C call)
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            pass
+    """
+)
+
+
+def test_a_signal_during_start_up_ends_the_process_even_if_its_main_thread_does_not_stop() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("ready"), line
+        grandchild = int(line.split()[1])
+        os.kill(process.pid, signal.SIGINT)
+        code = process.wait(timeout=30)
+        output = process.stdout.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert code == 130 and f"expired {int(signal.SIGINT)}" in output
+    time.sleep(0.2)
+    assert not alive(grandchild)

@@ -107,19 +107,26 @@ def test_page_polls_instances_on_its_own_origin() -> None:
 def test_instances_view_the_page_reads_is_served_alongside(client: TestClient) -> None:
     view = client.get("/instances").json()
     stats = view["instance_stats"]["pool-0"]
-    # The keys the page renders; a rename in orchestrator/metrics.py must show up here, not as a blank card.
+    # The keys the page renders; a rename in orchestrator/instances_view.py must show up here, not as a blank card.
     script = (ASSET_DIR / "dashboard.js").read_text(encoding="utf-8")
     for key in (
         "load",
         "queue_length",
         "in_flight",
         "response_time_ms",
+        "response_p50_ms",
+        "response_p99_ms",
+        "latency_window_s",
         "queue_time_ms",
         "inference_time_ms",
         "throughput_embeddings_per_s",
         "tokens_per_s",
         "requests",
         "failures",
+        "client_errors",
+        "server_failures",
+        "replacements",
+        "history",
         "error_rate",
         "memory_used_bytes",
         "memory_total_bytes",
@@ -127,5 +134,17 @@ def test_instances_view_the_page_reads_is_served_alongside(client: TestClient) -
         "labels",
     ):
         assert key in stats and f"stats.{key}" in script, key
-    for key in ("throughput_embeddings_per_s", "memory_usage_bytes", "gpu_utilization", "error_rates"):
+    for key in ("throughput_embeddings_per_s", "memory_usage_bytes", "gpu_utilization", "error_rates", "history"):
         assert key in view and f"view.{key}" in script, key
+    for key in ("requests", "client_errors", "server_failures", "overloaded", "server_failure_rate"):
+        assert key in view["error_rates"] and f"errors.{key}" in script, key
+    # Added by the front door (orchestrator.instances_view.with_front_door); the page must read them when present.
+    for key in ("view.front_door", "view.instances_ready", "view.instances_planned", "front.retries"):
+        assert key in script, key
+
+
+def test_a_422_counts_as_a_client_error_not_a_server_failure(client: TestClient) -> None:
+    assert client.post("/embed", json={"inputs": "a", "unknown_field": 1}).status_code == 422
+    assert client.post("/embed", json={"inputs": "fine"}).status_code == 200
+    stats = client.get("/instances").json()["instance_stats"]["pool-0"]
+    assert stats["requests"] == 2 and stats["client_errors"] == 1 and stats["server_failures"] == 0

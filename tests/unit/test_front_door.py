@@ -252,3 +252,21 @@ def test_an_unexpected_forwarding_failure_is_a_json_500_and_the_door_keeps_servi
     assert (status, headers[b"content-type"]) == (500, b"application/json")
     assert orjson.loads(body)["error"]["type"] == "server_error" and door.stats.failed_internal == 1
     assert asyncio.run(_call(door))[0] == 200
+
+
+def test_instances_gain_the_front_doors_retries_and_readiness() -> None:
+    """The dashboard reads /instances: retries appear nowhere else, and readiness drops the moment a lane breaks."""
+    view = ForwardedResponse(
+        200, ((b"content-type", b"application/json"),), orjson.dumps({"error_rates": {"requests": 4}})
+    )
+    ready = [2]
+    door = FrontDoor(max_request_bytes=100, request_timeout_s=5, readiness=lambda: (ready[0], 2))
+    door.attach(ScriptedForwarder(InstanceLost("killed"), view, view))
+    status, headers, body = asyncio.run(_call(door, path="/instances"))
+    payload = orjson.loads(body)
+    assert status == 200 and payload["error_rates"] == {"requests": 4}
+    assert payload["front_door"]["retries"] == 1 and payload["front_door"]["instance_losses"] == 1
+    assert (payload["instances_ready"], payload["instances_planned"]) == (2, 2)
+    ready[0] = 1
+    _, _, body = asyncio.run(_call(door, path="/instances"))
+    assert orjson.loads(body)["instances_ready"] == 1

@@ -1,6 +1,9 @@
 // mig-orchestrator dashboard: polls /instances once a second and renders totals plus one card per instance.
 // Plain JavaScript and <canvas>, no framework: the page must work on machines with no internet access.
 // Every shown number also sits in a data-value attribute (raw, unformatted) so tests and scripts can read it.
+// The charts draw the last minute the metrics hub keeps (the view's "history"), not what this page saw: a page
+// opened now shows the past minute at once, and a tab the browser throttled in the background has no holes.
+// Only an answer without history (an instance answering alone, with no hub) falls back to the page's own samples.
 "use strict";
 
 (() => {
@@ -13,7 +16,8 @@
     load: "not reported yet: the instance has not measured its busy fraction",
     queue: "not reported yet: the instance's batcher has not published its queue",
     rate: "no rate yet: it needs two reports from the instance, about a second apart",
-    mean: "no completed request yet, so there is no mean",
+    mean: "no request completed in the window, so there is no mean",
+    quantile: "no request completed in the window, so there is no percentile",
     memory: "not reported: this instance publishes no memory reading",
     memoryMig: "not reported: NVML gave no memory reading for this MIG slice",
     gpu: "not measured: NVML reports no utilisation for MIG slices (A100/A30) or CPU pools",
@@ -22,7 +26,7 @@
 
   const instancesUrl = new URL("/instances", window.location.origin);
   const histories = new Map(); // instance name -> [{throughput, load}]
-  const totalHistory = [];
+  const totalHistory = []; // the fallback's samples when the view carries no history
   let updates = 0;
 
   // ---- formatting -------------------------------------------------------------------------------------------
@@ -86,42 +90,40 @@
     if (history.length > HISTORY) history.splice(0, history.length - HISTORY);
   }
 
-  // One line per series; `scale` maps a value to 0..1 of the height. Missing values break the line.
+  // One line per series; `scale` maps a value to 0..1 of the height. Missing values (an instance down, or not yet
+  // started) break the line, and each unbroken run is filled on its own so that a gap stays empty.
   function drawLine(ctx, samples, key, scale, width, height, color, fill) {
     const step = width / (HISTORY - 1);
     const offset = HISTORY - samples.length; // newest sample at the right edge
-    ctx.strokeStyle = color;
-    ctx.lineWidth = 1.5;
-    let open = false;
-    let firstX = null;
-    let lastX = null;
-    ctx.beginPath();
+    const runs = [];
+    let run = null;
     samples.forEach((sample, i) => {
       const value = sample[key];
       if (!isNumber(value)) {
-        open = false;
+        run = null;
         return;
       }
-      const x = (offset + i) * step;
-      const y = height - 2 - Math.min(1, Math.max(0, scale(value))) * (height - 4);
-      if (open) {
-        ctx.lineTo(x, y);
-      } else {
-        ctx.moveTo(x, y);
-        if (firstX === null) firstX = x;
+      if (!run) {
+        run = [];
+        runs.push(run);
       }
-      lastX = x;
-      open = true;
+      run.push([(offset + i) * step, height - 2 - Math.min(1, Math.max(0, scale(value))) * (height - 4)]);
     });
-    ctx.stroke();
-    if (fill && firstX !== null && lastX > firstX) {
-      ctx.lineTo(lastX, height);
-      ctx.lineTo(firstX, height);
-      ctx.closePath();
-      ctx.globalAlpha = 0.15;
-      ctx.fillStyle = color;
-      ctx.fill();
-      ctx.globalAlpha = 1;
+    ctx.strokeStyle = color;
+    ctx.lineWidth = 1.5;
+    for (const points of runs) {
+      ctx.beginPath();
+      points.forEach(([x, y], n) => (n === 0 ? ctx.moveTo(x, y) : ctx.lineTo(x, y)));
+      ctx.stroke();
+      if (fill && points.length > 1) {
+        ctx.lineTo(points[points.length - 1][0], height);
+        ctx.lineTo(points[0][0], height);
+        ctx.closePath();
+        ctx.globalAlpha = 0.15;
+        ctx.fillStyle = color;
+        ctx.fill();
+        ctx.globalAlpha = 1;
+      }
     }
   }
 
@@ -205,14 +207,27 @@
     setValue(field(card, "tokens-per-s"), stats.tokens_per_s, fmt.rate, WHY.rate);
     setValue(field(card, "queue-length"), stats.queue_length, fmt.count, WHY.queue);
     setValue(field(card, "in-flight"), stats.in_flight, fmt.count, WHY.queue);
+    setValue(field(card, "response-p50-ms"), stats.response_p50_ms, fmt.ms, WHY.quantile);
+    setValue(field(card, "response-p99-ms"), stats.response_p99_ms, fmt.ms, WHY.quantile);
     setValue(field(card, "response-ms"), stats.response_time_ms, fmt.ms, WHY.mean);
     setValue(field(card, "queue-ms"), stats.queue_time_ms, fmt.ms, WHY.mean);
     setValue(field(card, "inference-ms"), stats.inference_time_ms, fmt.ms, WHY.mean);
+    const windowNote = field(card, "latency-window");
+    const windowS = stats.latency_window_s;
+    windowNote.textContent = isNumber(windowS) ? `latencies: last ${fmt.count(windowS)} s` : "latencies: since start";
+    windowNote.dataset.value = isNumber(windowS) ? String(windowS) : "";
+    // Totals include the replicas this instance had before (the hub carries their counters): they never go down.
     setValue(field(card, "requests"), stats.requests, fmt.count, "not reported");
+    const replaced = field(card, "replacements");
+    const replacements = isNumber(stats.replacements) ? stats.replacements : 0;
+    replaced.hidden = replacements === 0;
+    replaced.textContent = `replaced ${fmt.count(replacements)}×`;
+    replaced.dataset.value = String(replacements);
+    replaced.title = "its replica was replaced; the totals include the earlier replicas' counts";
 
     const byType = stats.failures || {};
-    const failureCount = Object.values(byType).reduce((sum, n) => sum + (isNumber(n) ? n : 0), 0);
-    setValue(field(card, "failures"), failureCount, fmt.count, "not reported");
+    setValue(field(card, "server-failures"), stats.server_failures, fmt.count, "not reported");
+    setValue(field(card, "client-errors"), stats.client_errors, fmt.count, "not reported");
     setValue(field(card, "error-rate"), stats.error_rate, fmt.percent, "no requests yet");
     const breakdown = field(card, "failures-by-type");
     breakdown.textContent = Object.entries(byType)
@@ -227,13 +242,20 @@
       memory.textContent = `${fmt.bytes(stats.memory_used_bytes)} / ${fmt.bytes(stats.memory_total_bytes)}`;
     }
 
-    let history = histories.get(name);
-    if (!history) {
-      history = [];
-      histories.set(name, history);
+    const served = stats.history || {};
+    let history;
+    if (Array.isArray(served.throughput) && served.throughput.length) {
+      const loads = served.load || [];
+      history = served.throughput.map((throughput, i) => ({ throughput, load: loads[i] }));
+    } else {
+      history = histories.get(name);
+      if (!history) {
+        history = [];
+        histories.set(name, history);
+      }
+      remember(history, { throughput: stats.throughput_embeddings_per_s, load: stats.load });
     }
-    remember(history, { throughput: stats.throughput_embeddings_per_s, load: stats.load });
-    drawChart(field(card, "history"), history, true);
+    drawChart(field(card, "history"), history.slice(-HISTORY), true);
   }
 
   function renderCards(view) {
@@ -263,20 +285,72 @@
     const errors = view.error_rates || {};
     setValue(field(totals, "throughput"), view.throughput_embeddings_per_s, fmt.rate, WHY.rate);
     setValue(field(totals, "requests"), errors.requests, fmt.count, "not reported");
-    setValue(field(totals, "failures"), errors.failures, fmt.count, "not reported");
-    setValue(field(totals, "error-rate"), errors.rate, fmt.percent, "no requests yet");
+    setValue(field(totals, "server-failures"), errors.server_failures, fmt.count, "not reported");
+    setValue(field(totals, "error-rate"), errors.server_failure_rate, fmt.percent, "no requests yet");
+    setValue(field(totals, "client-errors"), errors.client_errors, fmt.count, "not reported");
+    setValue(field(totals, "overloaded"), errors.overloaded, fmt.count, "not reported");
+    renderFrontDoor(totals, view.front_door);
     setValue(field(totals, "memory"), view.memory_usage_bytes, fmt.bytes, WHY.memory);
+
+    // A GPU card on a machine that serves on CPUs only would say "n/a" forever: it is left out.
+    const onCpuOnly = all.length > 0 && all.every((s) => (s.labels || {}).device_kind === "cpu");
+    totals.querySelector('[data-total="gpu-utilization"]').hidden = onCpuOnly;
     const gpu = view.gpu_utilization || {};
     const gpuValue = isNumber(gpu.value) ? gpu.value : null; // a per-instance map is shown on the cards
     setValue(field(totals, "gpu-utilization"), gpuValue, (v) => fmt.percent(v / 100), gpu.why || WHY.gpu);
-    const reporting = all.filter((s) => s.reporting).length;
-    const instances = field(totals, "instances");
-    instances.textContent = `${reporting} / ${all.length}`;
-    instances.dataset.value = String(all.length);
-    remember(totalHistory, { throughput: view.throughput_embeddings_per_s, load: null });
-    drawChart(field(totals, "history"), totalHistory, false);
+
+    renderInstanceCount(totals, view, all);
+    const served = view.history && view.history.throughput;
+    let history;
+    if (Array.isArray(served) && served.length) {
+      history = served.map((throughput) => ({ throughput, load: null }));
+    } else {
+      remember(totalHistory, { throughput: view.throughput_embeddings_per_s, load: null });
+      history = totalHistory;
+    }
+    drawChart(field(totals, "history"), history.slice(-HISTORY), false);
     const model = all.length && all[0].labels ? all[0].labels.model : "";
     document.getElementById("model").textContent = model || "";
+  }
+
+  // Through the front door, it knows at once which instances it can reach (a killed replica's lane breaks), while
+  // the dead replica's last report stays "reporting" for 10 s: its count is the one shown.
+  function renderInstanceCount(totals, view, all) {
+    const instances = field(totals, "instances");
+    const unit = field(totals, "instances-unit");
+    if (isNumber(view.instances_ready) && isNumber(view.instances_planned)) {
+      instances.textContent = `${view.instances_ready} / ${view.instances_planned}`;
+      instances.dataset.value = String(view.instances_ready);
+      instances.dataset.planned = String(view.instances_planned);
+      instances.dataset.state = view.instances_ready < view.instances_planned ? "degraded" : "ok";
+      unit.textContent = "ready / planned";
+    } else {
+      const reporting = all.filter((s) => s.reporting).length;
+      instances.textContent = `${reporting} / ${all.length}`;
+      instances.dataset.value = String(reporting);
+      instances.dataset.planned = String(all.length);
+      instances.dataset.state = reporting < all.length ? "degraded" : "ok";
+      unit.textContent = "reporting / known";
+    }
+  }
+
+  // The front door's counters (every path it served); absent when /instances was not asked through it.
+  function renderFrontDoor(totals, front) {
+    const retries = field(totals, "retries");
+    const detail = field(totals, "front-door-detail");
+    const known = front && typeof front === "object";
+    const why = "not known: this answer did not come through the front door";
+    setValue(retries, known ? front.retries : null, fmt.count, why);
+    if (!known) {
+      detail.textContent = "resent by the front door";
+      return;
+    }
+    const losses = front.instance_losses || 0;
+    const own = (front.unavailable || 0) + (front.timeouts || 0) + (front.internal_errors || 0);
+    detail.textContent = `${fmt.count(losses)} instance losses · ${fmt.count(own)} failed at the front door`;
+    detail.title = "instance losses: requests whose instance died before answering (each resent once); " +
+      "failed at the front door: its own 503 (no instance, or lost twice), 504 and 500 answers, on every path";
+    detail.dataset.losses = String(losses);
   }
 
   function setStatus(state, text) {

@@ -107,17 +107,17 @@ def alive(pid: int) -> bool:
 
 STUCK = textwrap.dedent(
     """
-    import subprocess, sys, time
+    import signal, subprocess, time
     from orchestrator.serving.control_plane import SignalDeadline
 
+    # A main thread that never stops its own way (as when Ray holds it in a C call): the Python-level handler does
+    # nothing, so only the C-level handler (which writes the wakeup fd) sees the signal.
+    signal.signal(signal.SIGINT, lambda *_: None)
     child = subprocess.Popen(["sleep", "60"])
     deadline = SignalDeadline(1.0, on_expiry=lambda signum: print("expired", signum, flush=True))
     print("ready", child.pid, flush=True)
-    while True:  # a main thread that never stops its own way (as when Ray holds it in a C call)
-        try:
-            time.sleep(60)
-        except KeyboardInterrupt:
-            pass
+    while True:
+        time.sleep(60)
     """
 )
 

@@ -1,6 +1,6 @@
 """The ``orchestrator`` command: one typer app with a verb per module (``serve``: up, plan, export; ``gpu``: mig plan,
-doctor, worker; ``status``). Exit codes: 2 means the config or plan is wrong (nothing was started), 1 means starting
-or running failed."""
+doctor, worker; ``status``; ``advise``: bench --profile, advise). Exit codes: 2 means the config or plan is wrong
+(nothing was started), 1 means starting or running failed."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.cli.advise import advise_command, bench_command
 from orchestrator.cli.gpu import doctor_command, mig_app, worker_command
 from orchestrator.cli.serve import export_command, plan_command, up_command
 from orchestrator.cli.status import status_command
@@ -47,6 +48,8 @@ app.add_typer(mig_app, name="mig")
 app.command("doctor")(doctor_command)
 app.command("worker")(worker_command)
 app.command("status")(status_command)
+app.command("bench")(bench_command)
+app.command("advise")(advise_command)
 
 
 def main() -> None:

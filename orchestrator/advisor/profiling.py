@@ -1,0 +1,217 @@
+"""``orchestrator bench --profile``: measure every instance type present on this machine and build the file.
+
+Types present: each MIG profile with a free slice, each whole GPU without MIG, and (no usable GPU) CPU pools of the
+given thread counts. Each type is measured in-process, in a pinned child (``profile_child``), one after another so
+that they do not share cores or a GPU. Why in-process and not through ``up``: ``up`` cannot aim load at one
+instance, starting it costs 12-30 s per type, and the served path's cost (front door, lane, Ray's processes) is one
+factor for the whole service, not per type. The optional served check measures that factor once: one ``up`` over
+the machine's pools, saturated and then probed at low load, against the sum of the in-process numbers. Without it the
+file says so and the advisor assumes the README's measured ratio (docs/advisor.md compares both with real runs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.advisor.measurements import AdvisorError, Measurements, ServedCheck, TypeMeasurement
+from orchestrator.advisor.profile_child import measure_in_child
+from orchestrator.advisor.workload import Workload
+from orchestrator.hardware.mig_profile_table import board_for
+from orchestrator.hardware.topology import Topology
+
+QUANTILES = 21
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """One type to measure: the config ``type`` it is planned as, and for CPU pools the threads per pool."""
+
+    type: str
+    kind: str
+    board: str | None = None
+    threads: int | None = None
+    compute_slices: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"cpu-{self.threads}t" if self.kind == "cpu" else self.type
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How much to measure: requests at low load and at saturation, saturating clients, pool sizes on CPU."""
+
+    low_load: int = 60
+    saturation: int = 120
+    clients: int = 8
+    pool_threads: tuple[int, ...] = (1,)
+    timeout_s: float = 600.0
+
+
+def types_present(topology: Topology, pool_threads: tuple[int, ...]) -> list[InstanceType]:
+    """Each MIG profile with a free slice and each whole GPU (one of each board), else CPU pools that fit here."""
+    found: dict[tuple[str, str | None], InstanceType] = {}
+    for gpu in topology.gpus:
+        table = board_for(gpu.pci_device_id)
+        board = table.model if table is not None else gpu.name
+        if gpu.mig_enabled and not gpu.mig_reset_pending:
+            for mig in gpu.slices:
+                profile = gpu.profile(mig.profile)
+                if mig.busy_reason is None:
+                    slices = profile.compute_slices if profile is not None else None
+                    found.setdefault((mig.profile, board), InstanceType(mig.profile, "mig", board, None, slices))
+        elif not gpu.mig_pending_enabled:
+            found.setdefault(("gpu", board), InstanceType("gpu", "gpu", board, None, None))
+    if found:
+        return list(found.values())
+    cores = len(topology.cpu.cores)
+    return [InstanceType("cpu", "cpu", None, t) for t in pool_threads if t <= cores]
+
+
+def type_config(base: dict[str, Any], base_dir: Path, kind: InstanceType, pools: int = 1) -> dict[str, Any]:
+    """The user's config with one instance of ``kind`` (``pools`` of them for the served check), served locally."""
+    config = {k: v for k, v in base.items() if k not in ("mig_instances", "ray", "cpu_pools")}
+    model = dict(config.get("model") or {})
+    if model.get("path") and not Path(model["path"]).is_absolute():  # the temporary file lives elsewhere
+        model["path"] = str((base_dir / model["path"]).resolve())
+    if model:
+        config["model"] = model
+    first = (base.get("mig_instances") or [{}])[0]
+    batching = {k: first[k] for k in ("batch_size", "max_concurrency") if k in first}
+    config["mig_instances"] = [{"name": f"profile-{n}", "type": kind.type, **batching} for n in range(pools)]
+    if kind.kind == "cpu":
+        config["cpu_pools"] = {"count": pools, "threads_per_pool": kind.threads}
+    return config
+
+
+def _row(kind: InstanceType, child: dict[str, Any], settings: ProfileSettings) -> TypeMeasurement:
+    low = sorted(child["low_load_s"])
+    mean = statistics.fmean(low)
+    n = len(low) - 1
+    quantiles = tuple(low[round(n * q / (QUANTILES - 1))] / mean for q in range(QUANTILES))
+    return TypeMeasurement(
+        type=kind.label,
+        kind=kind.kind,
+        board=kind.board,
+        threads=child["threads"] if kind.kind == "cpu" else None,
+        compute_slices=kind.compute_slices,
+        sm_count=child.get("sm_count"),
+        memory_mb=child.get("memory_mb"),
+        saturation_rps=round(child["saturation_rps"], 3),
+        texts_per_s=round(child["texts_per_s"], 2),
+        low_load_mean_ms=round(mean * 1000, 3),
+        low_load_p50_ms=round(low[n // 2] * 1000, 3),
+        low_load_p99_ms=round(low[min(n, round(n * 0.99))] * 1000, 3),
+        size_quantiles=quantiles,
+        requests={"low_load": len(low), "saturation": settings.saturation, "clients": settings.clients},
+    )
+
+
+def profile_machine(
+    base_config: Path,
+    topology: Topology,
+    workload: Workload,
+    settings: ProfileSettings,
+    on_type: Callable[[str], None] = lambda _: None,
+) -> Measurements:
+    """Measure every type present; raises AdvisorError (a config that does not load, a child that fails)."""
+    try:
+        base = yaml.safe_load(base_config.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise AdvisorError(f"{base_config}: cannot read the config to measure with: {error}") from None
+    kinds = types_present(topology, settings.pool_threads)
+    if not kinds:
+        raise AdvisorError(f"nothing to measure: no free MIG slice, whole GPU or CPU pool of {settings.pool_threads}")
+    requests = workload.requests(max(settings.low_load, settings.saturation) + 3)
+    rows: list[TypeMeasurement] = []
+    facts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in kinds:
+            on_type(kind.label)
+            path = Path(tmp) / f"{kind.label}.yaml"
+            path.write_text(yaml.safe_dump(type_config(base, base_config.parent, kind)))
+            child = measure_in_child(
+                path, requests, settings.low_load, settings.saturation, settings.clients, settings.timeout_s
+            )
+            rows.append(_row(kind, child, settings))
+            facts = child
+    model_section = base.get("model") or {}
+    name, memory_mb = _model_facts(base_config)
+    return Measurements(
+        model={
+            "name": name,
+            "dimensions": facts["dimensions"],
+            "backend": facts["backend"],
+            "memory_mb": memory_mb,
+            "package": model_section.get("package"),
+            "path": model_section.get("path"),
+        },
+        machine={
+            "hostname": platform.node(),
+            "cpus": os.cpu_count(),
+            "taken_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "gpus": sorted({g.name for g in topology.gpus}),
+        },
+        workload={**workload.describe(), "tokens_per_text_measured": round(facts["tokens_per_text"], 1)},
+        method={
+            "how": "in-process: one pinned child per type, built by workers.assembly.build_instance, driven "
+            "through EmbeddingService.embed (tokenising, batcher, backend); no HTTP, no Ray",
+            "low_load": "one request at a time",
+            "saturation": f"{settings.clients} requests always outstanding",
+        },
+        types=tuple(rows),
+    )
+
+
+def _model_facts(config: Path) -> tuple[str, int]:
+    """The name ``up`` would serve the model under, and the GPU memory it needs in 16 bits (the planner's rule)."""
+    from orchestrator.config import load_config
+
+    loaded = load_config(config)
+    return loaded.model_name, loaded.footprint.gpu_memory_mb(2)
+
+
+def served_check(
+    measurements: Measurements, base_config: Path, workload: Workload, requests: int, clients: int
+) -> ServedCheck:
+    """Run ``up`` over as many pools of the first CPU type as the cores hold; compare saturation and low-load
+    latency with the in-process numbers. Only for CPU pools (GPU slices are served by the same code path)."""
+    from orchestrator.advisor.loadgen import closed_loop, free_port, running_service
+
+    row = next((t for t in measurements.types if t.kind == "cpu"), None)
+    if row is None or row.threads is None:
+        raise AdvisorError("the served check runs on CPU pools only: no CPU pool was measured")
+    pools = max(1, (os.cpu_count() or 1) // row.threads)
+    base = yaml.safe_load(base_config.read_text()) or {}
+    kind = InstanceType("cpu", "cpu", None, row.threads)
+    config = type_config(base, base_config.parent, kind, pools)
+    port = free_port()
+    config["server"] = {**(config.get("server") or {}), "port": port, "host": "127.0.0.1"}
+    url = f"http://127.0.0.1:{port}"
+    bodies = workload.requests(requests + 20, seed=33)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "served.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with running_service(path, url):
+            closed_loop(url, bodies[:8], 2)  # warm every replica
+            saturated = closed_loop(url, bodies[:requests], clients)
+            low = closed_loop(url, bodies[: min(requests, 40)], 1)
+    ratio = saturated.throughput_rps / (pools * row.saturation_rps)
+    extra_ms = statistics.median(low.latencies_s) * 1000 - row.low_load_p50_ms
+    return ServedCheck(
+        ratio=round(ratio, 3),
+        extra_ms=round(max(extra_ms, 0.0), 2),
+        how=f"orchestrator up with {pools} pool(s) of {row.threads} thread(s): {requests} requests from {clients} "
+        f"clients ({saturated.throughput_rps:.2f}/s served vs {pools} x {row.saturation_rps:.2f}/s in-process), "
+        "then one at a time",
+    )

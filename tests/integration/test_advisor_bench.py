@@ -1,0 +1,79 @@
+"""``bench --profile`` on this machine's CPU pools: the real model, measured in a pinned child, written to the file
+that ``advise`` reads (small request counts: CI's 2 cores)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from orchestrator.advisor.measurements import FORMAT, VERSION
+from orchestrator.cli.advise import advise_command, bench_command
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+def test_bench_profile_writes_the_measurements_advise_reads(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command("bench")(bench_command)
+    app.command("advise")(advise_command)
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text(
+        "\n".join(
+            json.dumps({"input": [f"request {n} text {k} about vectors" for k in range(n % 4 + 1)]}) for n in range(12)
+        )
+    )
+    out = tmp_path / "m.json"
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--profile",
+            "--config",
+            str(REPO / "configs" / "mig_config.yaml"),
+            "--out",
+            str(out),
+            "--sample",
+            str(sample),
+            "--requests",
+            "12",
+            "--low-load-requests",
+            "8",
+            "--clients",
+            "4",
+            "--no-served",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert (written["format"], written["version"]) == (FORMAT, VERSION)
+    assert written["model"]["name"] == "all-MiniLM-L6-v2" and written["model"]["dimensions"] == 384
+    assert written["workload"]["sample_requests"] == 12 and written["served"] is None
+    (row,) = written["types"]
+    assert row["type"] == "cpu-1t" and row["kind"] == "cpu" and row["threads"] == 1
+    assert row["saturation_rps"] > 0 and 0 < row["low_load_p50_ms"] <= row["low_load_p99_ms"]
+    assert len(row["size_quantiles"]) == 21 and row["requests"] == {"low_load": 8, "saturation": 12, "clients": 4}
+
+    layout = runner.invoke(
+        app,
+        [
+            "advise",
+            "--layout",
+            "cpu-1t x2",
+            "--target-rps",
+            "1",
+            "--p99-ms",
+            "5000",
+            "-m",
+            str(out),
+            "--model",
+            "all-MiniLM-L6-v2",
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert layout.exit_code == 0, layout.output
+    assert "given" in layout.output and "assumed (0.88)" in layout.output

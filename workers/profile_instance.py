@@ -1,0 +1,72 @@
+"""``python -m workers.profile_instance``: one planned instance built exactly as its replica builds it
+(``assembly.build_instance``: pinning, backend, calibration, batcher), then measured through its embedding service.
+
+Reads a job from stdin: ``spec`` (a base64 pickle of the ``ReplicaSpec``, planned by the caller on this machine),
+``instance`` (its name), ``requests`` (lists of texts), ``low_load``, ``saturation`` and ``clients`` (request
+counts). It measures latency one request at a time (tokenising included, as a served request pays it), then
+throughput with ``clients`` requests always outstanding (the batcher merges what waits, as under load), and prints
+one JSON line. A process of its own per instance: a MIG slice can be pinned only before CUDA starts, and a pool's
+threads or a slice's memory must not leak into the next measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pickle
+import sys
+import time
+from typing import Any
+
+from orchestrator.contracts.replica_spec import ReplicaSpec
+
+
+async def measure(job: dict[str, Any]) -> dict[str, Any]:
+    from workers.assembly import build_instance
+
+    spec: ReplicaSpec = pickle.loads(base64.b64decode(job["spec"]))  # written by our own parent, never by a client
+    instance = next(i for i in spec.plan.instances if i.name == job["instance"])
+    service = build_instance(spec, instance).service
+    requests: list[list[str]] = job["requests"]
+    for body in requests[:3]:  # warm-up
+        await service.embed(body)
+    low, tokens = [], 0
+    for body in requests[: job["low_load"]]:
+        began = time.perf_counter()
+        result = await service.embed(body)
+        low.append(time.perf_counter() - began)
+        tokens += result.prompt_tokens
+    queue = iter(requests[: job["saturation"]])
+    done = [0, 0]
+
+    async def client() -> None:
+        for body in queue:
+            await service.embed(body)
+            done[0] += 1
+            done[1] += len(body)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(job["clients"])))
+    elapsed = time.perf_counter() - began
+    texts = sum(len(body) for body in requests[: job["low_load"]])
+    gpu = instance.gpu
+    return {
+        "low_load_s": low,
+        "saturation_rps": done[0] / elapsed,
+        "texts_per_s": done[1] / elapsed,
+        "tokens_per_text": tokens / max(texts, 1),
+        "dimensions": service.info.backend.dimensions,
+        "backend": instance.backend,
+        "threads": instance.threads,
+        "capacity": instance.capacity,
+        "profile": instance.profile,
+        "device": instance.device,
+        "sm_count": gpu.sm_count if gpu else None,
+        "memory_mb": gpu.memory_mb if gpu else None,
+        "gpu_name": gpu.gpu_name if gpu else None,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(measure(json.loads(sys.stdin.read())))))

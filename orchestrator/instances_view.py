@@ -5,8 +5,8 @@ replicas' counters are carried (``CarriedCounters``, kept by the metrics hub) an
 replica's. Failures are split by who caused them (``failure_class``: the client, the service, or load shedding);
 latencies are the mean, p50 and p99 of the last minute when the hub keeps one (``InstanceReport.recent``), else since
 start; ``history`` is the last minute's throughput and load, so a page opened now draws the past minute at once.
-``with_front_door`` adds what only the front door knows (its retries, instance losses, own failures and the
-instances ready right now). Pure: no Ray here.
+``models`` groups the instances by the model they serve, with per-model totals. ``with_front_door`` adds what only
+the front door knows (its retries, instance losses, own failures and the instances ready right now). Pure: no Ray.
 """
 
 from __future__ import annotations
@@ -164,8 +164,36 @@ def instances_view(reports: Sequence[InstanceReport], gpu_utilization: dict[str,
             "server_failure_rate": totals["server_failures"] / requests if requests else 0.0,
         },
         "history": {"throughput": total_history},
+        "models": models_view(instance_stats),
         "instance_stats": instance_stats,
     }
+
+
+def models_view(instance_stats: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per served model (the ``model`` label of its instances): its instances and their totals, in name order."""
+    models: dict[str, dict[str, Any]] = {}
+    for name, stats in sorted(instance_stats.items()):
+        model = str(stats["labels"].get("model", ""))
+        entry = models.setdefault(
+            model,
+            {
+                "instances": [],
+                "reporting": 0,
+                "requests": 0,
+                "client_errors": 0,
+                "server_failures": 0,
+                "overloaded": 0,
+                "throughput_embeddings_per_s": 0.0,
+                "capacity": 0.0,
+            },
+        )
+        entry["instances"].append(name)
+        entry["reporting"] += bool(stats["reporting"])
+        for key in ("requests", "client_errors", "server_failures", "overloaded"):
+            entry[key] += stats[key]
+        entry["throughput_embeddings_per_s"] += stats["throughput_embeddings_per_s"] or 0.0
+        entry["capacity"] += stats["capacity"] or 0.0
+    return models
 
 
 def with_front_door(

@@ -51,7 +51,7 @@ def plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
     """The placement on this machine's hardware, with the probe's note about GPUs (None when there is nothing to
     say). A config with ``ray.address`` is planned over the cluster instead, once joined: ``plan_on_cluster``."""
     topology = probe_topology()
-    return plan(loaded.config, topology, loaded.footprint, capabilities.detect()), topology.gpu_note
+    return plan(loaded.config, topology, loaded.footprints(), capabilities.detect()), topology.gpu_note
 
 
 def plan_on_cluster(loaded: LoadedConfig) -> ClusterPlan:
@@ -63,7 +63,7 @@ def plan_on_cluster(loaded: LoadedConfig) -> ClusterPlan:
     nodes, warnings = discover_nodes(model_folder=str(loaded.model_folder))
     names = node_names(nodes)
     lines = tuple(describe_node(node, names[node.node_id]) for node in nodes)
-    placement = plan_cluster(loaded.config, nodes, loaded.footprint, capabilities.detect())
+    placement = plan_cluster(loaded.config, nodes, loaded.footprints(), capabilities.detect())
     return ClusterPlan(placement, lines, tuple(warnings))
 
 

@@ -50,6 +50,7 @@ class TEIRerankRequest(BaseModel):
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     raw_scores: bool = False
     return_text: bool = False
+    model: StrictStr | None = Field(None, description="Extension: the served model (name or alias) to rerank with.")
 
 
 class RerankDocument(BaseModel):

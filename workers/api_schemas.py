@@ -39,3 +39,4 @@ class TEIEmbedRequest(BaseModel):
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     prompt_name: StrictStr | None = None
     dimensions: Annotated[StrictInt, Field(gt=0)] | None = None
+    model: StrictStr | None = Field(None, description="Extension: the served model (name or alias) to embed with.")

@@ -34,25 +34,26 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from orchestrator.contracts.catalogue import ModelCatalogue, ModelEntry
 from orchestrator.contracts.errors import (
     EmptyInput,
-    MalformedRequest,
-    NotFound,
     OrchestratorError,
     Unauthorized,
     ValidationFailed,
     error_body,
 )
-from orchestrator.contracts.forwarding import BoundedBody
 from orchestrator.contracts.snapshot import InstanceReport
 from orchestrator.instances_view import instances_view
 from orchestrator.metrics import render_prometheus
 from workers.api_auth import key_matches, requires_key
+from workers.api_bodies import check_count, first_validation_problem, openai_inputs, parse, read_json_body
+from workers.api_models import check_model, models_list, retrieve
 from workers.api_rerank import RerankRequest, TEIRerankRequest, tei_rerank, v1_rerank, wrong_task
 from workers.api_schemas import OpenAIEmbeddingRequest, TEIEmbedRequest
+from workers.api_tokens import DecodeRequest, SimilarityRequest, TokenizeRequest, cosine_to_first
 from workers.dashboard import register_dashboard
 from workers.rerank_service import RerankService
 from workers.service import Accounted, EmbeddingService, InstanceService
@@ -81,62 +82,11 @@ TOKEN_IDS_REFUSED = (
     "read when the service's config sets server.accept_token_ids: true"
 )
 
-# /v1/models: `created` is required by OpenAI's shape; 0 ("unknown") is the same on every replica, where a start
-# time would differ from one answer to the next.
-MODEL_CREATED = 0
-MODEL_OWNER = "mig-orchestrator"
-
 
 def error_response(path: str, error: OrchestratorError) -> Response:
     """The one mapping from an error to its HTTP answer (status, body shape, headers)."""
     body = error_body(path, error)
     return _json(body, error.status_code, error.headers())
-
-
-def _first_validation_problem(error: ValidationError | RequestValidationError) -> str:
-    problems = []
-    for item in error.errors()[:3]:
-        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
-        message = "unknown field" if item.get("type") == "extra_forbidden" else item.get("msg", "invalid")
-        problems.append(f"{where or 'body'}: {message}")
-    return "; ".join(problems)
-
-
-async def _read_json_body(request: Request, max_bytes: int) -> Any:
-    bounded = BoundedBody(max_bytes, request.headers.get("content-length"))
-    async for chunk in request.stream():
-        bounded.add(chunk)
-    body = bounded.bytes()
-    if not body:
-        raise MalformedRequest("the request body is empty; send a JSON object")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise MalformedRequest(f"the body is not valid JSON: {error}") from None
-
-
-def _parse(model: type[BaseModel], payload: Any) -> Any:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as error:
-        raise ValidationFailed(_first_validation_problem(error)) from None
-
-
-def _openai_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> tuple[list[Any], bool]:
-    """The inputs as a list (one text, or one id list, becomes a list of one) and whether they are token ids."""
-    inputs: list[Any] = [raw] if isinstance(raw, str) else list(raw)
-    pre_tokenized = bool(inputs) and isinstance(inputs[0], (int, list))
-    if pre_tokenized and isinstance(inputs[0], int):
-        inputs = [inputs]
-    return inputs, pre_tokenized
-
-
-def _check_count(service: InstanceService, inputs: list[Any]) -> None:
-    if not inputs:
-        raise EmptyInput("input is empty; send at least one text")
-    limit = service.info.max_inputs_per_request
-    if len(inputs) > limit:
-        raise ValidationFailed(f"{len(inputs)} inputs is more than the limit of {limit} per request")
 
 
 def _timing_headers(service: InstanceService, result: Accounted) -> dict[str, str]:
@@ -192,16 +142,20 @@ def build_app(
     reports: ReportsSource | None = None,
     api_key_sha256: str | None = None,
     open_endpoints: tuple[str, ...] = ("health", "metrics"),
+    models: ModelCatalogue | None = None,
 ) -> FastAPI:
     """The ASGI app of one instance, bound to its embedding (or reranking) service.
 
     ``reports`` returns every instance's metrics (the metrics hub); without it, only this instance is shown.
     With ``api_key_sha256``, every endpoint but the ``open_endpoints`` groups needs ``Authorization: Bearer <key>``
     (401 otherwise); replicas only ever hold the key's digest, and neither the key nor the header is logged.
+    ``models``: every model of the endpoint (``/v1/models``, and the names an unknown model's 404 lists); default:
+    this instance's model alone.
     """
     # redirect_slashes=False: "/health/" is a JSON 404, not a redirect built from the client's Host header.
     app = FastAPI(title="mig-orchestrator", version="0.1.0", docs_url=None, redoc_url=None, redirect_slashes=False)
     info = service.info
+    catalogue = models or ModelCatalogue((ModelEntry(info.model_name, (), info.task),))
 
     if api_key_sha256 is not None:
 
@@ -225,7 +179,7 @@ def build_app(
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, error: RequestValidationError) -> Response:
-        return error_response(request.url.path, ValidationFailed(_first_validation_problem(error)))
+        return error_response(request.url.path, ValidationFailed(first_validation_problem(error)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _on_http(request: Request, error: StarletteHTTPException) -> Response:
@@ -250,14 +204,14 @@ def build_app(
 
     async def _openai(request: Request) -> Response:
         embedder = _serving(EmbeddingService)
-        body: OpenAIEmbeddingRequest = _parse(
-            OpenAIEmbeddingRequest, await _read_json_body(request, info.max_request_bytes)
+        body: OpenAIEmbeddingRequest = parse(
+            OpenAIEmbeddingRequest, await read_json_body(request, info.max_request_bytes)
         )
         _check_model(body.model)
-        inputs, pre_tokenized = _openai_inputs(body.input)
+        inputs, pre_tokenized = openai_inputs(body.input)
         if pre_tokenized and not info.accept_token_ids:
             raise ValidationFailed(TOKEN_IDS_REFUSED)
-        _check_count(service, inputs)
+        check_count(service, inputs)
         if any(len(item) == 0 for item in inputs):
             raise EmptyInput("input contains an empty text; every input needs at least one character or token")
         if pre_tokenized and body.prompt_name is not None:
@@ -286,17 +240,17 @@ def build_app(
         return _with_result(_json(payload, headers=_timing_headers(service, result)), result)
 
     def _check_model(requested: str | None) -> None:
-        if requested is not None and requested.lower() != info.model_name.lower():
-            raise NotFound(f"model {requested!r} is not served here; this endpoint serves {info.model_name!r}")
+        check_model(catalogue, info.model_name, requested)
 
     async def tei_embed(request: Request) -> Response:
         return await _instrumented(service, "/embed", lambda: _tei(request))
 
     async def _tei(request: Request) -> Response:
         embedder = _serving(EmbeddingService)
-        body: TEIEmbedRequest = _parse(TEIEmbedRequest, await _read_json_body(request, info.max_request_bytes))
+        body: TEIEmbedRequest = parse(TEIEmbedRequest, await read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
         inputs = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        _check_count(service, inputs)
+        check_count(service, inputs)
         if any(not text for text in inputs):
             raise EmptyInput("inputs contains an empty text; every input needs at least one character")
         result = await embedder.embed(
@@ -314,7 +268,8 @@ def build_app(
 
     async def _tei_rerank(request: Request) -> Response:
         reranker = _serving(RerankService)
-        body = _parse(TEIRerankRequest, await _read_json_body(request, info.max_request_bytes))
+        body = parse(TEIRerankRequest, await read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
         ranks, result = await tei_rerank(reranker, body)
         return _with_result(_json(ranks, headers=_timing_headers(service, result)), result)
 
@@ -323,10 +278,48 @@ def build_app(
 
     async def _v1_rerank(request: Request) -> Response:
         reranker = _serving(RerankService)
-        body = _parse(RerankRequest, await _read_json_body(request, info.max_request_bytes))
+        body = parse(RerankRequest, await read_json_body(request, info.max_request_bytes))
         _check_model(body.model)
         payload, result = await v1_rerank(reranker, body)
         return _with_result(_json(payload, headers=_timing_headers(service, result)), result)
+
+    async def tokenize(request: Request) -> Response:
+        embedder = _serving(EmbeddingService)
+        body = parse(TokenizeRequest, await read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
+        texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+        check_count(service, texts)
+        prompt = embedder.prompt_text(body.prompt_name) if body.prompt_name is not None else ""
+        return _json([embedder.tokenizer.tokens(text, body.add_special_tokens, prompt) for text in texts])
+
+    async def decode(request: Request) -> Response:
+        embedder = _serving(EmbeddingService)
+        body = parse(DecodeRequest, await read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
+        rows = [body.ids] if not body.ids or isinstance(body.ids[0], int) else body.ids
+        check_count(service, rows)
+        return _json(embedder.tokenizer.decode(rows, body.skip_special_tokens))  # type: ignore[arg-type]
+
+    async def similarity(request: Request) -> Response:
+        return await _instrumented(service, "/similarity", lambda: _similarity(request))
+
+    async def _similarity(request: Request) -> Response:
+        embedder = _serving(EmbeddingService)
+        body = parse(SimilarityRequest, await read_json_body(request, info.max_request_bytes))
+        _check_model(body.model)
+        texts = [body.inputs.source_sentence, *body.inputs.sentences]
+        check_count(service, texts[1:])
+        if any(not text for text in texts):
+            raise EmptyInput("source_sentence and sentences need at least one character each")
+        parameters = body.parameters
+        result = await embedder.embed(
+            texts,
+            truncate=parameters.truncate if parameters else None,
+            direction=parameters.truncation_direction.lower() if parameters else "right",
+            prompt_name=parameters.prompt_name if parameters else None,
+        )
+        scores = cosine_to_first(result.vectors)
+        return _with_result(_json(scores, headers=_timing_headers(service, result)), result)
 
     # Each task's routes are in the OpenAPI schema of its instances only; the other task's answer 400 (WrongTask).
     # TEI's default routes ("/", "/invocations") do the instance's task.
@@ -339,22 +332,22 @@ def build_app(
         ("/rerank", tei_rerank_route, TEIRerankRequest, not embeds),
         ("/v1/rerank", v1_rerank_route, RerankRequest, not embeds),
         *((path, *tei_default, False) for path in TEI_EMBED_PATHS[1:]),
+        ("/tokenize", tokenize, TokenizeRequest, embeds),
+        ("/decode", decode, DecodeRequest, embeds),
+        ("/similarity", similarity, SimilarityRequest, embeds),
     ]
     for path, endpoint, body_model, listed in routes:
         app.add_api_route(
             path, endpoint, methods=["POST"], openapi_extra=_body_schema(body_model), include_in_schema=listed
         )
 
-    model_card = {"id": info.model_name, "object": "model", "created": MODEL_CREATED, "owned_by": MODEL_OWNER}
-
     @app.get("/v1/models")
     async def list_models() -> Response:
-        return _json({"object": "list", "data": [model_card]})
+        return _json(models_list(catalogue))
 
     @app.get("/v1/models/{model:path}")
     async def retrieve_model(model: str) -> Response:
-        _check_model(model)
-        return _json(model_card)
+        return _json(retrieve(catalogue, model))
 
     @app.get("/metrics")
     async def metrics() -> Response:

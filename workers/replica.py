@@ -1,10 +1,11 @@
 """The Ray Serve deployment: one replica per planned instance, pinned to its pool, serving HTTP itself.
 
-All replicas belong to one deployment so that our router sees them together. Each replica finds its instance by its
-Serve rank (``plan.instances[rank]``), has it built (``assembly.py``: pinned, loaded, calibrated), and builds its
-own FastAPI app. The front door (``orchestrator/frontdoor/app.py``) hands each request, whole, to one replica: over the
-replica's direct lane (``workers/lane_server.py``, the default ``server.transport: direct``), or through Serve's
-handle and our router (``transport: serve``), which calls ``forward``.
+All replicas of one model on one node belong to one deployment so that our router sees them together. Each replica
+finds its instance by its Serve rank among its node's instances of its model (``spec.serves_model``), has it built
+(``assembly.py``: pinned, loaded, calibrated), and builds its own FastAPI app. The front door
+(``orchestrator/frontdoor/app.py``) hands each request, whole, to one replica: over the replica's direct lane
+(``workers/lane_server.py``, the default ``server.transport: direct``), or through Serve's handle and our router
+(``transport: serve``), which calls ``forward``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class EmbeddingReplica:
             keep_serve_grpc_on_loopback()
         self._spec = spec
         self._rank = _current_rank()
-        self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank)
+        self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank, spec.serves_model)
         self._service, self._device_health = build_instance(spec, self._instance)
         self._hub = _find_hub()
         self._push_task: asyncio.Task[None] | None = None
@@ -64,6 +65,7 @@ class EmbeddingReplica:
             self._hub_reports if self._hub is not None else None,
             api_key_sha256=spec.api_key_sha256,
             open_endpoints=spec.open_endpoints,
+            models=spec.models(),
         )
         self._lane_server: LaneServer | None = None
         self._lane: LaneAddress | None = None

@@ -121,6 +121,31 @@ class TextTokenizer:
             out.append([*self._prefix, *ids, *self._suffix])
         return out
 
+    def tokens(self, text: str, add_special_tokens: bool = True, prompt: str = "") -> list[dict[str, object]]:
+        """The tokens of ``prompt + text`` as TEI's ``/tokenize`` lists them: id, the text it covers (its own
+        string for a special token), whether it is special, and character offsets (None for a special token). Not
+        truncated: this shows how the text is read, including what a limit would cut."""
+        encoding = self._tokenizer.encode(prompt + text, add_special_tokens=add_special_tokens)
+        full = prompt + text
+        out: list[dict[str, object]] = []
+        for token_id, token, special, (start, stop) in zip(
+            encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets, strict=True
+        ):
+            if special:
+                out.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+            else:
+                out.append({"id": token_id, "text": full[start:stop], "special": False, "start": start, "stop": stop})
+        return out
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool = True) -> list[str]:
+        """The text of each id list; ValidationFailed for an id outside the vocabulary."""
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        for index, row in enumerate(ids):
+            bad = next((i for i in row if i >= size), None)
+            if bad is not None:
+                raise ValidationFailed(f"ids[{index}]: {bad} is not a token id of this model (vocabulary: {size})")
+        return self._tokenizer.decode_batch([list(row) for row in ids], skip_special_tokens=skip_special_tokens)
+
     def _bounded(self, texts: Sequence[str], truncate: bool, direction: str) -> Sequence[str]:
         """The texts, each at most ``max_text_chars`` characters: longer ones are refused or cut on ``direction``."""
         bound = self.max_text_chars

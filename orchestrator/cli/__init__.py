@@ -52,6 +52,18 @@ app.command("bench")(bench_command)
 app.command("advise")(advise_command)
 
 
+def _register_search() -> None:
+    """``orchestrator search ...`` when the search layer is installed (the ``search`` extra: its stores and UI)."""
+    try:
+        from search.cli import search_app
+    except ImportError:  # the extra is not installed: the other commands work without it
+        return
+    app.add_typer(search_app, name="search", help="Index files and search them through the service (search extra).")
+
+
+_register_search()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.plan import Plan, PlannedInstance
+from orchestrator.planning.mig_planner import estimated_memory_mib
 
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "140"))
 console = Console(highlight=False, width=_WIDTH)
@@ -51,38 +52,69 @@ def _device_cell(instance: PlannedInstance) -> str:
     return f"GPU {gpu.gpu_index} (whole)"
 
 
-def plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
-    """One row per planned instance (with a node column when the plan spans a cluster)."""
-    table = Table(title=f"Placement of {loaded.model_name} ({placement.device_kind})", title_justify="left")
+def plan_tables(loaded: LoadedConfig, placement: Plan) -> list[Table]:
+    """One table per model, one row per planned instance (a node column when the plan spans a cluster); GPU
+    instances show the memory their model is estimated to need of their slice's, and each table's caption the slice
+    memory the model takes in all."""
+    footprints = loaded.footprints()
     on_cluster = any(instance.node_ip for instance in placement.instances)
     columns = ("instance", "type", "device", "pinned to", "resources", "backend", "batch", "concurrency", "capacity")
-    for column in ("node", *columns) if on_cluster else columns:
-        table.add_column(column)
-    for instance in placement.instances:
-        gpu = instance.gpu
-        pinned = ",".join(gpu.device_uuids) if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
-        memory = f"{gpu.memory_mb} MiB, {gpu.sm_count} SMs" if gpu else f"{instance.threads} thread(s)"
-        table.add_row(
-            *((instance.node_ip or "",) if on_cluster else ()),
-            instance.name,
-            instance.profile,
-            _device_cell(instance),
-            pinned,
-            memory,
-            instance.backend,
-            str(instance.batch_size),
-            str(instance.max_concurrency),
-            str(instance.capacity),
-        )
-    return table
+    tables = []
+    for model in placement.models():
+        instances = [i for i in placement.instances if i.model == model]
+        kinds = "+".join(sorted({i.device for i in instances}, key=["mig", "gpu", "cpu"].index))
+        name = model or loaded.model_name
+        table = Table(title=f"Placement of {name} ({kinds})", title_justify="left")
+        on_gpu = [i for i in instances if i.gpu is not None]
+        for column in ("node", *columns) if on_cluster else columns:
+            table.add_column(column)
+        for instance in instances:
+            table.add_row(*_row(instance, on_cluster))
+        if on_gpu:
+            total = sum(i.gpu.memory_mb for i in on_gpu if i.gpu is not None)
+            footprint = footprints.get(model or loaded.model_name)
+            needs = [estimated_memory_mib(loaded.config, i, footprint) for i in on_gpu]
+            known = [n for n in needs if n is not None]
+            estimate = f" (estimated to need {max(known):,.0f} MiB per instance at most)" if known else ""
+            table.caption = f"{name} takes {total:,} MiB of slice memory on {len(on_gpu)} GPU instance(s){estimate}"
+            table.caption_justify = "left"
+        tables.append(table)
+    return tables
+
+
+def plan_table(loaded: LoadedConfig, placement: Plan) -> Table:
+    """The first model's table (a one-model plan has only this one)."""
+    return plan_tables(loaded, placement)[0]
+
+
+def _row(instance: PlannedInstance, on_cluster: bool) -> tuple[str, ...]:
+    gpu = instance.gpu
+    pinned = ",".join(gpu.device_uuids) if gpu else "cores " + ",".join(str(core) for core in instance.cpu_cores)
+    memory = f"{gpu.memory_mb} MiB, {gpu.sm_count} SMs" if gpu else f"{instance.threads} thread(s)"
+    return (
+        *((instance.node_ip or "",) if on_cluster else ()),
+        instance.name,
+        instance.profile,
+        _device_cell(instance),
+        pinned,
+        memory,
+        instance.backend,
+        str(instance.batch_size),
+        str(instance.max_concurrency),
+        str(instance.capacity),
+    )
 
 
 def print_plan(loaded: LoadedConfig, placement: Plan, gpu_note: str | None) -> None:
-    """The placement as ``plan`` and ``up`` show it: the hardware note, the model, the table, backend lines, notes."""
+    """The placement as ``plan`` and ``up`` show it: the hardware note, each model and its table, backend lines,
+    notes."""
     if gpu_note:
         console.print(gpu_note)
-    console.print(f"Model: {loaded.model_name} from {loaded.model_folder}")
-    console.print(plan_table(loaded, placement))
+    for model in loaded.served():
+        aliases = f" (also answers to {', '.join(model.aliases)})" if model.aliases else ""
+        console.print(f"Model: {model.name} from {model.folder}{aliases}")
+    for table in plan_tables(loaded, placement):
+        console.print(table)
     for line in placement.backend_lines:
         console.print(line)
     for note in placement.notes:

@@ -139,7 +139,12 @@ def up_command(
         if loaded.config.model.task == "rerank"
         else "POST /v1/embeddings, POST /embed, GET /v1/models, GET /health"
     )
-    console.print(f"Serving {loaded.model_name} at {url}  ({routes})")
+    served = loaded.served()
+    if len(served) > 1:  # requests name their model; the default one answers those that do not
+        names = ", ".join(f"{m.name} ({m.task})" for m in served)
+        console.print(f"Serving {names} at {url}; without a model field: {loaded.model_name}  ({routes})")
+    else:
+        console.print(f"Serving {loaded.model_name} at {url}  ({routes})")
     console.print(f"Dashboard: {url}/dashboard   Prometheus metrics: {url}/metrics   Instances: orchestrator status")
     console.print("Press Ctrl-C to stop.")
     from orchestrator.serving import deploy

@@ -56,40 +56,44 @@ def _memory(value: float | None) -> str:
 
 
 def status_table(view: dict[str, Any], url: str, health: dict[str, Any] | None = None) -> Table:
-    """One row per instance, then a totals caption (readiness first when ``health`` is given)."""
+    """One row per instance, grouped by model with a total row per model when several are served, then a totals
+    caption (readiness first when ``health`` is given)."""
     title = f"Instances at {url}" + (f": {readiness_line(health)}" if health is not None else "")
     table = Table(title=title, title_justify="left")
-    for column in (
+    models = view.get("models") or {}
+    several = len(models) > 1
+    columns = (
         "instance",
         "device",
         "load",
         "queue",
         "in flight",
-        "resp ms",
+        "p50/p99 ms",
         "emb/s",
         "requests",
         "errors",
         "memory",
-    ):
-        table.add_column(column, justify="left" if column in ("instance", "device") else "right")
-    for name, stats in view["instance_stats"].items():
-        labels = stats.get("labels", {})
-        device = labels.get("device_kind", "?")
-        if labels.get("GPU_I_PROFILE"):
-            device = f"GPU {labels.get('gpu')} {labels['GPU_I_PROFILE']} (GI {labels.get('GPU_I_ID')})"
-        errors = ", ".join(f"{kind} {count}" for kind, count in sorted(stats["failures"].items())) or "0"
-        table.add_row(
-            name if stats.get("reporting", True) else f"{name} (stale)",
-            device,
-            _number(stats["load"], 0, 100) + ("%" if stats["load"] is not None else ""),
-            str(stats["queue_length"] if stats["queue_length"] is not None else "n/a"),
-            str(stats["in_flight"]),
-            _number(stats["response_time_ms"]),
-            _number(stats["throughput_embeddings_per_s"]),
-            str(stats["requests"]),
-            errors,
-            _memory(stats["memory_used_bytes"]),
-        )
+    )
+    for column in ("model", *columns) if several else columns:
+        table.add_column(column, justify="left" if column in ("model", "instance", "device") else "right")
+    stats_by_name = view["instance_stats"]
+    groups = [(model, entry["instances"]) for model, entry in models.items()] or [("", list(stats_by_name))]
+    for model, names in groups:
+        for name in names:
+            table.add_row(*((model,) if several else ()), *_instance_cells(name, stats_by_name[name]))
+        if several:
+            entry = models[model]
+            errors = entry["client_errors"] + entry["server_failures"] + entry["overloaded"]
+            table.add_row(
+                f"[bold]{model}[/bold]",
+                f"[bold]{entry['reporting']}/{len(names)} reporting[/bold]",
+                *([""] * 5),
+                f"[bold]{_number(entry['throughput_embeddings_per_s'])}[/bold]",
+                f"[bold]{entry['requests']}[/bold]",
+                f"[bold]{errors}[/bold]",
+                "",
+                end_section=True,
+            )
     errors = view["error_rates"]
     utilisation = view["gpu_utilization"]
     table.caption = (
@@ -98,6 +102,28 @@ def status_table(view: dict[str, Any], url: str, health: dict[str, Any] | None =
         f"GPU utilisation: {utilisation['value'] if utilisation['value'] is not None else utilisation['why']}"
     )
     return table
+
+
+def _instance_cells(name: str, stats: dict[str, Any]) -> tuple[str, ...]:
+    labels = stats.get("labels", {})
+    device = labels.get("device_kind", "?")
+    if labels.get("GPU_I_PROFILE"):
+        device = f"GPU {labels.get('gpu')} {labels['GPU_I_PROFILE']} (GI {labels.get('GPU_I_ID')})"
+    errors = ", ".join(f"{kind} {count}" for kind, count in sorted(stats["failures"].items())) or "0"
+    p50, p99 = stats.get("response_p50_ms"), stats.get("response_p99_ms")
+    latency = f"{_number(p50)}/{_number(p99)}" if p50 is not None else _number(stats["response_time_ms"])
+    return (
+        name if stats.get("reporting", True) else f"{name} (stale)",
+        device,
+        _number(stats["load"], 0, 100) + ("%" if stats["load"] is not None else ""),
+        str(stats["queue_length"] if stats["queue_length"] is not None else "n/a"),
+        str(stats["in_flight"]),
+        latency,
+        _number(stats["throughput_embeddings_per_s"]),
+        str(stats["requests"]),
+        errors,
+        _memory(stats["memory_used_bytes"]),
+    )
 
 
 def _service_url(config: Path | None) -> str:

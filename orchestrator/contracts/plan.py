@@ -70,6 +70,7 @@ class PlannedInstance:
         gpu: the GPU device it is pinned to (None on CPU); ``gpu.gpu_index`` counts on its own node.
         node_id / node_ip: the Ray node it runs on (``ray.io/node-id`` label, ``node:<ip>`` resource); None for
             the local node, as every instance of a single-node ``plan()`` is.
+        model: the served name of the model it serves ("" in a one-model plan made before the name was known).
     """
 
     rank: int
@@ -89,6 +90,7 @@ class PlannedInstance:
     backend: str = "torch"
     node_id: str | None = None
     node_ip: str | None = None
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,19 +113,31 @@ class Plan:
             raise PlanError(f"replica rank {rank} has no planned instance (plan has {len(self.instances)})")
         return self.instances[rank]
 
-    def instances_on_node(self, node_id: str | None) -> tuple[PlannedInstance, ...]:
-        """The instances placed on that node (None: the local node of a single-node plan), in rank order."""
-        return tuple(i for i in self.instances if i.node_id == node_id)
+    def instances_on_node(self, node_id: str | None, model: str | None = None) -> tuple[PlannedInstance, ...]:
+        """The instances placed on that node (None: the local node of a single-node plan), in rank order; with
+        ``model``, only those serving it."""
+        return tuple(i for i in self.instances if i.node_id == node_id and (model is None or i.model == model))
 
-    def instance_for_node_rank(self, node_id: str | None, rank: int) -> PlannedInstance:
-        """The instance the replica of the given rank in that node's deployment serves; raises PlanError for an
-        unknown rank."""
-        on_node = self.instances_on_node(node_id)
+    def instance_for_node_rank(self, node_id: str | None, rank: int, model: str | None = None) -> PlannedInstance:
+        """The instance the replica of the given rank in that node's deployment (of ``model``: one deployment per
+        node and model) serves; raises PlanError for an unknown rank."""
+        on_node = self.instances_on_node(node_id, model)
         if not 0 <= rank < len(on_node):
-            raise PlanError(
-                f"replica rank {rank} has no planned instance on node {node_id} (the node has {len(on_node)})"
-            )
+            which = f"node {node_id}" if model is None else f"node {node_id} for model {model!r}"
+            raise PlanError(f"replica rank {rank} has no planned instance on {which} (there are {len(on_node)})")
         return on_node[rank]
+
+    def models(self) -> tuple[str, ...]:
+        """The models the plan serves, in order of their first instance."""
+        return tuple(dict.fromkeys(i.model for i in self.instances))
+
+
+def instances_by_node_and_model(plan: Plan) -> dict[tuple[str | None, str], tuple[PlannedInstance, ...]]:
+    """The plan's instances grouped by (node, model): one Serve deployment each, in order of first instance."""
+    groups: dict[tuple[str | None, str], list[PlannedInstance]] = {}
+    for instance in plan.instances:
+        groups.setdefault((instance.node_id, instance.model), []).append(instance)
+    return {key: tuple(group) for key, group in groups.items()}
 
 
 def instances_by_node(plan: Plan) -> dict[str | None, tuple[PlannedInstance, ...]]:

@@ -3,6 +3,10 @@
 A setting keeps its config name here and says which config section it comes from; ``ReplicaSpec.from_config`` fills
 every such field from that section by name. A new model or server option reaches the replicas by being declared in
 the config and once below, with no line copying it on the way.
+
+With several models there is one spec per (node, model) deployment: its ``model`` section is that model's,
+``serves_model`` picks the node's instances of that model, and ``catalogue`` lists every model of the endpoint (for
+``/v1/models`` and the list an unknown name's 404 gives).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.contracts.catalogue import ModelCatalogue, ModelEntry
 from orchestrator.contracts.plan import Plan
 
 
@@ -47,6 +52,15 @@ class ReplicaSpec:
     accept_token_ids: bool = _from("server", default=False)
     auto_truncate: bool = _from("server", default=True)
     task: str = _from("model", default="embed")  # "rerank": a cross-encoder on /rerank and /v1/rerank
+    aliases: tuple[str, ...] = ()  # other names this model answers to
+    serves_model: str | None = None  # the model of this deployment's instances (None: every instance of the node)
+    catalogue: ModelCatalogue | None = None  # every model behind the endpoint (None: this one only)
+
+    def models(self) -> ModelCatalogue:
+        """The endpoint's models: the catalogue, or this model alone."""
+        if self.catalogue is not None:
+            return self.catalogue
+        return ModelCatalogue((ModelEntry(self.model_name, self.aliases, self.task),))
 
     @classmethod
     def from_config(
@@ -59,8 +73,11 @@ class ReplicaSpec:
         model_name: str,
         api_key_sha256: str | None,
         lane_token: str | None,
+        serves_model: str | None = None,
+        catalogue: ModelCatalogue | None = None,
     ) -> ReplicaSpec:
-        """The spec of ``node_id``'s replicas; ``sections`` maps ``model`` and ``server`` to the config's sections."""
+        """The spec of ``node_id``'s replicas (of ``serves_model``'s deployment, with several models); ``sections``
+        maps ``model`` (that model's) and ``server`` to the config's sections."""
         settings = {}
         for field in dataclasses.fields(cls):
             section = field.metadata.get("section")
@@ -69,6 +86,7 @@ class ReplicaSpec:
                 # Plain containers: the config's may be pydantic-owned; the spec is pickled to every replica.
                 settings[field.name] = dict(value) if isinstance(value, dict) else value
         settings["open_endpoints"] = tuple(settings["open_endpoints"])
+        aliases = tuple(getattr(sections["model"], "aliases", ()) or ())
         return cls(
             plan=plan,
             node_id=node_id,
@@ -76,5 +94,8 @@ class ReplicaSpec:
             model_name=model_name,
             api_key_sha256=api_key_sha256,
             lane_token=lane_token,
+            aliases=aliases,
+            serves_model=serves_model,
+            catalogue=catalogue,
             **settings,
         )

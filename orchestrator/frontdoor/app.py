@@ -9,6 +9,9 @@ can do for itself:
 - **JSON for every failure**, including "no instance yet" and "instance lost twice" (503 with ``Retry-After``) and a
   replica that never answers (504 after the request deadline plus a grace period);
 - **cancellation**: a client that disconnects cancels its request on the replica, which drops its queued texts;
+- **mounted apps**: ``mount(prefix, app)`` hands every request under a path prefix (``/v1/search``, say) to another
+  ASGI app, whole and untouched (its body is not read here; the request never reaches a replica), so a service built
+  on the endpoint can answer under the same host and port;
 - **readiness**: ``/health`` gains ``instances_ready``/``instances_planned`` (``degraded`` while some are down) and
   ``control_plane`` (503 once Ray's control plane is gone: ``orchestrator/serving/control_plane.py``),
   ``/metrics`` gains the front door's own series (retries, lost instances, ready instances), and ``/instances`` (the
@@ -50,6 +53,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Readiness = Callable[[], tuple[int, int]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 RETRIES_ON_LOST_INSTANCE = 1
 DEADLINE_GRACE_S = 5.0  # replicas answer their own 504 at the deadline; this catches one that answers nothing
@@ -92,7 +96,23 @@ class FrontDoor:
         self._forwarder: Forwarder | None = None
         self._on_close: Callable[[], Awaitable[None]] | None = None
         self._control_plane: Callable[[], str | None] | None = None
+        self._mounted: list[tuple[str, AsgiApp]] = []
         self.stats = FrontDoorStats()
+
+    def mount(self, prefix: str, app: AsgiApp) -> None:
+        """Answer every request whose path is ``prefix`` or below it (``prefix + "/..."``) with ``app`` (an ASGI
+        app, called with the original scope: ``root_path`` gains the prefix and ``path`` keeps it, as Starlette's
+        ``Mount`` does). Mounted prefixes are checked in the order they were mounted, before any forwarding; the
+        edge's limits (headers, connections, client time) still apply, the body size limit is the app's own."""
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"mount prefix {prefix!r} must start with '/' and not end with it")
+        self._mounted.append((prefix, app))
+
+    def _mounted_app(self, path: str) -> tuple[str, AsgiApp] | None:
+        for prefix, app in self._mounted:
+            if path == prefix or path.startswith(prefix + "/"):
+                return prefix, app
+        return None
 
     def watch_control_plane(self, problem: Callable[[], str | None]) -> None:
         """``/health`` reports ``problem()``: ``control_plane: ok``, or 503 with the problem once Ray's control
@@ -120,6 +140,11 @@ class FrontDoor:
         if scope["type"] != "http":  # lifespan is off in our server; websockets are not served
             return
         path = scope["path"]
+        mounted = self._mounted_app(path) if self._mounted else None
+        if mounted is not None:
+            prefix, app = mounted
+            await app({**scope, "root_path": scope.get("root_path", "") + prefix}, receive, send)
+            return
         try:
             body = await _read_body(scope, receive, self._max_request_bytes, self._client_timeout_s)
         except (PayloadTooLarge, ClientTooSlow) as error:

@@ -22,9 +22,8 @@ from orchestrator.config import Config, InstanceConfig
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.cluster_probe import NodeTopology, node_names, slice_counts
 from orchestrator.hardware.topology import GpuInfo, MigSlice
-from orchestrator.model_source import ModelFootprint
 from orchestrator.planning.mig_planner import plan_gpu_instances
-from orchestrator.planning.planner import Plan, PlannedInstance, check_engine, plan, plan_cpu_pools
+from orchestrator.planning.planner import Footprints, Plan, PlannedInstance, check_engine, plan, plan_cpu_pools
 
 
 def _usable(gpu: GpuInfo) -> bool:
@@ -142,7 +141,7 @@ def _cpu_only_cluster(
     nodes: Sequence[NodeTopology],
     head: NodeTopology | None,
     names: dict[str, str],
-    footprint: ModelFootprint | None,
+    footprint: Footprints,
     capabilities: Capabilities,
 ) -> Plan:
     """No GPU anywhere: the single-node CPU plan of the head node."""
@@ -163,7 +162,7 @@ def _check_engine_per_node(
     planned: list[PlannedInstance],
     nodes: Sequence[NodeTopology],
     names: dict[str, str],
-    footprint: ModelFootprint | None,
+    footprint: Footprints,
     capabilities: Capabilities,
 ) -> tuple[list[PlannedInstance], list[str]]:
     """``check_engine`` for each node's instances with what imports on that node (``Capabilities.on_node``): the
@@ -223,7 +222,7 @@ def _node_problems(
 def plan_cluster(
     config: Config,
     nodes: Sequence[NodeTopology],
-    footprint: ModelFootprint | None = None,
+    footprint: Footprints = None,
     capabilities: Capabilities = BASE_INSTALL,
 ) -> Plan:
     """Place every configured instance on the nodes of a Ray cluster (``discover_nodes`` order: head first).
@@ -249,6 +248,9 @@ def plan_cluster(
     problems: list[str] = []
     cpu_instances = [i for i in config.mig_instances if i.type == "cpu"]
     for instance in (i for i in config.mig_instances if i.type != "cpu"):
+        if instance.type == "auto":  # sizing a slice per node's free set is not done across nodes yet
+            problems.append(f"instance {instance.name!r}: type auto picks a slice on one machine only: name a profile")
+            continue
         node_id, problem = assigner.assign(instance)
         if node_id is not None:
             assigned[node_id].append(instance)

@@ -195,7 +195,8 @@ def plan_layout(config: Config, topology: Topology) -> LayoutPlan:
     if not capable:
         names = ", ".join(sorted({g.name for g in topology.gpus})) or "no GPU found"
         raise PlanError(f"no MIG-capable GPU here ({names}): nothing to partition")
-    requested = [i for i in config.mig_instances if i.type not in ("cpu", "gpu")]
+    # `auto` instances take whatever free slice fits when up plans: they ask the layout for no profile.
+    requested = [i for i in config.mig_instances if i.type not in ("cpu", "gpu", "auto")]
     if not requested:
         raise PlanError("the config asks for no MIG slice (every instance is type: cpu or gpu)")
     unread = [g for g in capable if not g.profiles and (not g.mig_enabled or g.mig_reset_pending)]

@@ -7,12 +7,16 @@ what exists and what to do; all problems are collected before raising, so a user
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from orchestrator.config import Config, InstanceConfig
 from orchestrator.contracts.errors import PlanError
 from orchestrator.hardware.topology import GpuInfo, MigSlice, Topology
+from orchestrator.model_config import ModelConfig
 from orchestrator.model_source import ModelFootprint
-from orchestrator.planning.memory_estimate import fit_problem
-from orchestrator.planning.planner import GpuBinding, PlannedInstance, planned_instance
+from orchestrator.planning.memory_estimate import estimate_memory, fit_problem
+from orchestrator.planning.planner import Footprints, GpuBinding, PlannedInstance, footprint_for, planned_instance
 
 # Capacity (requests a replica is sized to hold) per streaming multiprocessor pair: a 1g slice of an A100 (14 SMs)
 # holds 7, a 3g slice (42 SMs) 21, so the balancer sends a 3g slice about three times the work of a 1g slice.
@@ -106,7 +110,7 @@ def _too_few_whole(where: str, wanted: int, free: int, without_mig: int, total: 
 
 
 def _memory_problem(
-    config: Config,
+    model: ModelConfig,
     footprint: ModelFootprint | None,
     instance: PlannedInstance,
     binding: GpuBinding,
@@ -118,7 +122,7 @@ def _memory_problem(
     weights, the CUDA context and the activations of the largest batch the instance may form (gpu-audit B3);
     without it, the weights plus a round headroom."""
     if footprint is not None and footprint.shape is not None:
-        max_input_tokens = config.model.max_input_tokens or footprint.max_input_tokens
+        max_input_tokens = model.max_input_tokens or footprint.max_input_tokens
         problem = fit_problem(
             footprint.shape,
             "float32" if dtype_bytes == 4 else "float16",
@@ -133,6 +137,18 @@ def _memory_problem(
     if needed_mb is not None and needed_mb > binding.memory_mb:
         return _too_small(where, needed_mb, dtype_bytes, binding)
     return None
+
+
+def _fits(
+    model: ModelConfig,
+    footprint: ModelFootprint | None,
+    where: str,
+    dtype_bytes: int,
+    needed_mb: int | None,
+    instance: PlannedInstance,
+    binding: GpuBinding,
+) -> str | None:
+    return _memory_problem(model, footprint, instance, binding, where, dtype_bytes, needed_mb)
 
 
 def _describe_binding(binding: GpuBinding) -> str:
@@ -156,7 +172,7 @@ def _too_small(where: str, needed_mb: int, dtype_bytes: int, binding: GpuBinding
 
 
 def plan_gpu_instances(
-    config: Config, topology: Topology, instances: list[InstanceConfig], footprint: ModelFootprint | None
+    config: Config, topology: Topology, instances: list[InstanceConfig], footprint: Footprints
 ) -> tuple[list[PlannedInstance], list[str]]:
     """Bind each instance to a free MIG slice of its profile, or (``type: gpu``) to ``gpus`` whole GPUs without MIG
     (the first free ones, in index order).
@@ -166,7 +182,8 @@ def plan_gpu_instances(
     unused GPUs). Raises
     PlanError with one line per problem: unknown profile, no free slice (with the free ones and the command that
     creates one), MIG disabled or waiting for a reset, a model bigger than its slice (or than the sum of its whole
-    GPUs' memory), too few whole GPUs (saying how many exist and are free).
+    GPUs' memory), too few whole GPUs (saying how many exist and are free). ``type: auto`` takes the smallest free
+    slice (by memory, then SMs) whose memory fits its model's estimate, else a whole GPU without MIG.
     """
     gpus = topology.gpus
     free: dict[int, list[MigSlice]] = {
@@ -184,14 +201,28 @@ def plan_gpu_instances(
     whole = [g for g in gpus if not g.mig_enabled and not g.mig_pending_enabled]
     without_mig = len(whole)
     by_index = {g.index: g for g in gpus}
-    dtype_bytes = _RUNTIME_DTYPE_BYTES.get(config.model.dtype, 2)
-    needed_mb = footprint.gpu_memory_mb(dtype_bytes) if footprint is not None else None
     problems: list[str] = []
     planned: list[PlannedInstance] = []
     state_problem = _mig_state_problem(gpus)
 
     for instance in instances:
         where = f"instance {instance.name!r}"
+        model = config.model_for(instance)
+        model_footprint = footprint_for(footprint, config, model)
+        dtype_bytes = _RUNTIME_DTYPE_BYTES.get(model.dtype, 2)
+        needed_mb = model_footprint.gpu_memory_mb(dtype_bytes) if model_footprint is not None else None
+
+        fits = functools.partial(_fits, model, model_footprint, where, dtype_bytes, needed_mb)
+
+        if instance.type == "auto":
+            picked = _auto_slice(config, instance, free, by_index, whole, fits, len(planned))
+            if isinstance(picked, str):
+                problems.append(f"{where}: type auto: {picked}")
+                continue
+            if picked.gpu is not None and picked.gpu.kind == "gpu":
+                whole = [g for g in whole if g.uuid != picked.gpu.gpu_uuid]
+            planned.append(picked)
+            continue
         if instance.type == "gpu":
             if len(whole) < instance.gpus:
                 problems.append(_too_few_whole(where, instance.gpus, len(whole), without_mig, len(gpus)))
@@ -256,7 +287,7 @@ def plan_gpu_instances(
             capacity=capacity,
             gpu=binding,
         )
-        too_small = _memory_problem(config, footprint, candidate, binding, where, dtype_bytes, needed_mb)
+        too_small = fits(candidate, binding)
         if too_small is not None:
             problems.append(too_small)
             continue
@@ -271,3 +302,76 @@ def plan_gpu_instances(
     ]
     notes += [f"unused whole GPU {g.index} ({g.name}): add an instance with type: gpu to serve on it" for g in whole]
     return planned, notes
+
+
+def _auto_slice(
+    config: Config,
+    instance: InstanceConfig,
+    free: dict[int, list[MigSlice]],
+    by_index: dict[int, GpuInfo],
+    whole: list[GpuInfo],
+    fits: Callable[[PlannedInstance, GpuBinding], str | None],
+    rank: int,
+) -> PlannedInstance | str:
+    """The instance on the smallest free MIG slice its model fits (taken out of ``free``), else on the first free
+    whole GPU without MIG; or why none will do."""
+    candidates = sorted(
+        ((index, s) for index, slices in free.items() for s in slices),
+        key=lambda pair: (pair[1].memory_mb, pair[1].sm_count),
+    )
+    tried: list[str] = []
+    for gpu_index, mig in candidates:
+        binding = _mig_binding(by_index[gpu_index], mig)
+        candidate = planned_instance(
+            config,
+            instance,
+            rank,
+            device="mig",
+            cpu_cores=(),
+            threads=1,
+            capacity=capacity_for_sms(mig.sm_count),
+            gpu=binding,
+        )
+        if fits(candidate, binding) is None:
+            free[gpu_index].remove(mig)
+            return candidate
+        tried.append(f"{mig.profile} on GPU {gpu_index}")
+    for gpu in whole:
+        binding = _whole_binding([gpu])
+        candidate = planned_instance(
+            config,
+            instance,
+            rank,
+            device="gpu",
+            cpu_cores=(),
+            threads=1,
+            capacity=capacity_for_sms(_whole_sms(gpu)),
+            gpu=binding,
+        )
+        problem = fits(candidate, binding)
+        if problem is None:
+            return candidate
+        tried.append(f"whole GPU {gpu.index}")
+    if not tried:
+        return "no free MIG slice or whole GPU is left (create slices with orchestrator mig plan, or name a profile)"
+    return (
+        f"the model fits none of the free devices ({', '.join(tried)}): create a bigger slice, or lower "
+        "batching.max_batch_tokens"
+    )
+
+
+def estimated_memory_mib(config: Config, instance: PlannedInstance, footprint: ModelFootprint | None) -> float | None:
+    """The memory the instance's model is estimated to need on its device (None without the model's shape)."""
+    if footprint is None or footprint.shape is None:
+        return None
+    model = next((m for m in config.served_models() if (m.name or "") == instance.model), config.model)
+    dtype_bytes = 4 if model.dtype == "float32" else 2
+    max_input_tokens = model.max_input_tokens or footprint.max_input_tokens
+    return estimate_memory(
+        footprint.shape,
+        dtype_bytes,
+        instance.max_batch_tokens,
+        instance.max_concurrency,
+        max_input_tokens,
+        footprint.parameters or None,
+    ).total_mib

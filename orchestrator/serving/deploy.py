@@ -18,21 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.balancer import Weights
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import DeployError
-from orchestrator.contracts.forwarding import NodeTransport, Transport
-from orchestrator.contracts.plan import Plan, instances_by_node
+from orchestrator.contracts.plan import Plan
 from orchestrator.contracts.replica_spec import ReplicaSpec
+from orchestrator.serving.apps import APP_NAME, DEPLOYMENT_NAME, app_name_for, catalogue_of, deployment_groups
+from orchestrator.serving.forwarders import open_forwarder
 from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
+
+# Re-exported: callers know these by deploy's name.
+__all__ = ["APP_NAME", "DEPLOYMENT_NAME", "app_name_for", "open_forwarder"]
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
 
 logger = logging.getLogger(__name__)
 
-APP_NAME = "embeddings"
-DEPLOYMENT_NAME = "EmbeddingReplica"
 ROUTER_CLASS = "orchestrator.serving.router:WeightedLoadRouter"
 NODE_ID_LABEL = "ray.io/node-id"
 ESSENTIAL_RAY_PROCESSES = ("gcs_server", "raylet")  # without either, nothing can start or replace a replica
@@ -116,21 +117,14 @@ def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str,
     return access.warnings
 
 
-def app_name_for(node_id: str | None, node_ip: str | None) -> str:
-    """The Serve application of one node's replicas: ``embeddings`` on a single machine, one per node in a cluster."""
-    if node_id is None:
-        return APP_NAME
-    return f"{APP_NAME}-{node_ip or node_id[:8]}-{node_id[:8]}"
-
-
-def actor_options(plan: Plan, node_id: str | None = None) -> dict[str, object]:
+def actor_options(plan: Plan, node_id: str | None = None, model: str | None = None) -> dict[str, object]:
     """Ray options shared by all replicas of the plan.
 
     Replicas ask Ray for no CPU and no GPU: CPU pools are pinned by affinity and GPU replicas by
     CUDA_VISIBLE_DEVICES set to their MIG or GPU UUID in the replica itself, because Ray counts only physical GPUs
     and knows nothing of MIG. Ray is told not to overwrite CUDA_VISIBLE_DEVICES.
     """
-    instances = plan.instances_on_node(node_id)
+    instances = plan.instances_on_node(node_id, model)
     env_vars = dict(SERVE_ENV)  # replicas on other nodes do not inherit this driver's environment
     if any(instance.gpu is not None for instance in instances):
         env_vars["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
@@ -147,28 +141,34 @@ def build_application(  # noqa: ANN201
     tuning: ServeTuning = ServeTuning(),
     node_id: str | None = None,
     lane_token: str | None = None,
+    model: str | None = None,
 ):
-    """The Serve application of one node (None: this machine): one deployment, one replica per planned instance on
-    that node; with ``lane_token`` each replica opens a direct lane (the front door balances), without it Serve
-    handles route through our balancer (``orchestrator/serving/router.py``)."""
+    """The Serve application of one node (None: this machine) and, with several models, one model (its served
+    name): one deployment, one replica per planned instance of that node (and model); with ``lane_token`` each
+    replica opens a direct lane (the front door balances), without it Serve handles route through our balancer
+    (``orchestrator/serving/router.py``)."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
     from workers.replica import EmbeddingReplica
 
     config = loaded.config
+    served = {m.name: m for m in loaded.served()}
+    this = served[model] if model is not None else loaded.served()[0]
     spec = ReplicaSpec.from_config(
         plan,
         node_id,
-        {"model": config.model, "server": config.server},
-        model_folder=str(loaded.model_folder),
-        model_name=loaded.model_name,
+        {"model": this.settings, "server": config.server},
+        model_folder=str(this.folder),
+        model_name=this.name,
         api_key_sha256=loaded.api_key_sha256,
         lane_token=lane_token,
+        serves_model=model,
+        catalogue=catalogue_of(loaded),
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the router.
-    instances = plan.instances_on_node(node_id)
+    instances = plan.instances_on_node(node_id, model)
     max_ongoing = max(max(i.max_queued_texts for i in instances), 16)
     routing: dict[str, Any] = {}
     if lane_token is None:
@@ -182,7 +182,7 @@ def build_application(  # noqa: ANN201
         name=DEPLOYMENT_NAME,
         num_replicas=len(instances),
         max_ongoing_requests=max_ongoing,
-        ray_actor_options=actor_options(plan, node_id),
+        ray_actor_options=actor_options(plan, node_id, model),
         health_check_period_s=tuning.health_check_period_s,
         graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
@@ -209,10 +209,10 @@ def deploy(
 
     lane_token = secrets.token_urlsafe(24) if loaded.config.server.transport == "direct" else None
     start_hub()  # before the replicas, which look it up when they start
-    groups = instances_by_node(plan)
-    for node_id, instances in groups.items():
-        app = build_application(loaded, plan, tuning, node_id, lane_token)
-        name = app_name_for(node_id, instances[0].node_ip)
+    groups = deployment_groups(plan)
+    for (node_id, model), instances in groups.items():
+        app = build_application(loaded, plan, tuning, node_id, lane_token, model)
+        name = app_name_for(node_id, instances[0].node_ip, model)
         try:
             serve.run(app, name=name, route_prefix=None, blocking=False)
         except RuntimeError as error:  # Serve's "Failed to update the deployments": the reason is in its status
@@ -220,7 +220,10 @@ def deploy(
                 f"deployment {name} failed: {failure_reason(_status_message(name) or str(error))}"
             ) from None
     wait_until_running(
-        {app_name_for(node_id, instances[0].node_ip): len(instances) for node_id, instances in groups.items()},
+        {
+            app_name_for(node, instances[0].node_ip, model): len(instances)
+            for (node, model), instances in groups.items()
+        },
         timeout_s,
         on_progress,
     )
@@ -232,7 +235,7 @@ def attach_front_door(
 ) -> None:
     """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
     lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
-    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights())
+    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights(), catalogue_of(loaded))
 
     async def close() -> None:
         # On the front door's loop, once it takes no more requests: the transport closes what it opened (lanes,
@@ -243,51 +246,6 @@ def attach_front_door(
 
     front.front_door.attach(forwarder, forwarder.readiness, close)
     front.run_on_loop(forwarder.start(wait_s), timeout_s=wait_s + 5.0)
-
-
-def open_forwarder(plan: Plan, lane_token: str | None = None, weights: Weights = Weights()) -> Transport:
-    """The front door's forwarder, per ``server.transport``.
-
-    ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer (``weights``) in the
-    front door.
-    ``serve``: Serve handles to this machine's replicas, or spread over one handle per node; routing inside a node
-    is our balancer (the deployment's router); across nodes the front door sends each request to the node with the
-    least outstanding work per unit of capacity (``NodeSpreadForwarder``).
-    """
-    from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
-    from orchestrator.frontdoor.serve_handles import ServeForwarder
-
-    if lane_token is not None:
-        return _direct_forwarder(plan, lane_token, weights)
-
-    forwarders: list[tuple[NodeTransport, int]] = []
-    for node_id, instances in instances_by_node(plan).items():
-        name = app_name_for(node_id, instances[0].node_ip)
-        capacity = sum(instance.capacity for instance in instances)
-        forwarders.append((ServeForwarder(name, DEPLOYMENT_NAME, len(instances)), capacity))
-    if len(forwarders) == 1:
-        return forwarders[0][0]
-    return NodeSpreadForwarder(forwarders)
-
-
-def _direct_forwarder(plan: Plan, lane_token: str, weights: Weights) -> Transport:
-    from orchestrator.frontdoor.lanes import DirectForwarder, LaneEndpoint
-    from orchestrator.serving.metrics_hub import find_hub
-
-    hub = find_hub()
-    if hub is None:
-        raise DeployError("the metrics hub (the lane registry) is not running: redeploy")
-
-    async def registered_lanes() -> list[LaneEndpoint]:
-        lanes = await hub.lanes.remote()
-        return [LaneEndpoint(lane["instance"], lane["host"], int(lane["port"]), lane["incarnation"]) for lane in lanes]
-
-    return DirectForwarder(
-        {instance.name: instance.capacity for instance in plan.instances},
-        lane_token,
-        registered_lanes,
-        weights,
-    )
 
 
 def wait_until_running(

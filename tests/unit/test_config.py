@@ -111,7 +111,7 @@ def test_two_models_are_refused(tmp_path: Path, minilm_folder: Path) -> None:
     for name in ("config.json", "model.safetensors"):
         (other / name).symlink_to(minilm_folder / name)
     path = write(tmp_path, f"mig_instances:\n  - name: a\n  - name: b\n    model_path: {other}\n")
-    with pytest.raises(ConfigError, match="one model per config"):
+    with pytest.raises(ConfigError, match="list each model under models:"):
         load_config(path)
 
 

@@ -127,6 +127,41 @@ def test_instances_view_agrees_with_the_metrics() -> None:
     assert stats["client_errors"] == 1 and stats["server_failures"] == 0 and stats["overloaded"] == 1
 
 
+def test_the_view_groups_instances_by_model_with_per_model_totals() -> None:
+    """Several models behind one endpoint: /instances (and status, the dashboard) show each model's instances and
+    totals; one model's errors never appear in another's."""
+    from orchestrator.cli.status import status_table
+
+    clock = ManualClock(1000.0)
+    hub = MetricsHub(clock=clock)
+    hub.push(CPU_LABELS, recorded(clock).snapshot(load=0.5, capacity=8))
+    other = {**CPU_LABELS, "instance": "pool-1", "model": "reranker"}
+    quiet = InstanceMetrics(clock=clock)
+    quiet.request_started("/rerank")
+    quiet.request_finished(0.01, embeddings=2, tokens=20)
+    hub.push(other, quiet.snapshot(load=0.0, capacity=4))
+    models = instances_view(hub.reports())["models"]
+    assert list(models) == ["m", "reranker"]
+    assert models["m"]["instances"] == ["pool-0"] and models["m"]["requests"] == 4
+    assert models["m"]["client_errors"] == 1 and models["m"]["overloaded"] == 1 and models["m"]["capacity"] == 8
+    assert models["reranker"] == {
+        "instances": ["pool-1"],
+        "reporting": 1,
+        "requests": 1,
+        "client_errors": 0,
+        "server_failures": 0,
+        "overloaded": 0,
+        "throughput_embeddings_per_s": 0.0,
+        "capacity": 4.0,
+    }
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(status_table(instances_view(hub.reports()), "http://x"))
+    text = console.export_text()
+    assert "model" in text.splitlines()[2] and "1/1 reporting" in text and text.index("pool-0") < text.index("pool-1")
+
+
 def test_every_exported_family_is_listed() -> None:
     clock = ManualClock(1.0)
     hub = MetricsHub(clock=clock)

@@ -1,0 +1,73 @@
+"""The front door's transport for a deployed plan: direct lanes or Serve handles, one per model when there are
+several (``orchestrator/frontdoor/model_routing.py`` routes between them)."""
+
+from __future__ import annotations
+
+from orchestrator.balancer import Weights
+from orchestrator.contracts.catalogue import ModelCatalogue, ModelEntry
+from orchestrator.contracts.errors import DeployError
+from orchestrator.contracts.forwarding import NodeTransport, Transport
+from orchestrator.contracts.plan import Plan
+from orchestrator.serving.apps import DEPLOYMENT_NAME, app_name_for, deployment_groups
+
+
+def open_forwarder(
+    plan: Plan, lane_token: str | None = None, weights: Weights = Weights(), catalogue: ModelCatalogue | None = None
+) -> Transport:
+    """The front door's forwarder, per ``server.transport``, and per model when the plan serves several
+    (``orchestrator/frontdoor/model_routing.py``: each model its own transport over its own instances).
+
+    ``direct`` (with a lane token): one lane per replica anywhere in the cluster, our balancer (``weights``) in the
+    front door.
+    ``serve``: Serve handles to this machine's replicas, or spread over one handle per node; routing inside a node
+    is our balancer (the deployment's router); across nodes the front door sends each request to the node with the
+    least outstanding work per unit of capacity (``NodeSpreadForwarder``).
+    """
+    from orchestrator.frontdoor.model_routing import open_router
+
+    models = plan.models()
+    if len(models) == 1:
+        return _model_forwarder(plan, None, lane_token, weights)
+    if catalogue is None:
+        catalogue = ModelCatalogue(tuple(ModelEntry(model) for model in models))
+    return open_router(catalogue, {model: _model_forwarder(plan, model, lane_token, weights) for model in models})
+
+
+def _model_forwarder(plan: Plan, model: str | None, lane_token: str | None, weights: Weights) -> Transport:
+    """One model's transport (``model`` None: every instance of a one-model plan)."""
+    from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
+    from orchestrator.frontdoor.serve_handles import ServeForwarder
+
+    if lane_token is not None:
+        return _direct_forwarder(plan, model, lane_token, weights)
+
+    forwarders: list[tuple[NodeTransport, int]] = []
+    for (node_id, group_model), instances in deployment_groups(plan).items():
+        if group_model != model:
+            continue
+        name = app_name_for(node_id, instances[0].node_ip, model)
+        capacity = sum(instance.capacity for instance in instances)
+        forwarders.append((ServeForwarder(name, DEPLOYMENT_NAME, len(instances)), capacity))
+    if len(forwarders) == 1:
+        return forwarders[0][0]
+    return NodeSpreadForwarder(forwarders)
+
+
+def _direct_forwarder(plan: Plan, model: str | None, lane_token: str, weights: Weights) -> Transport:
+    from orchestrator.frontdoor.lanes import DirectForwarder, LaneEndpoint
+    from orchestrator.serving.metrics_hub import find_hub
+
+    hub = find_hub()
+    if hub is None:
+        raise DeployError("the metrics hub (the lane registry) is not running: redeploy")
+
+    async def registered_lanes() -> list[LaneEndpoint]:
+        lanes = await hub.lanes.remote()
+        return [LaneEndpoint(lane["instance"], lane["host"], int(lane["port"]), lane["incarnation"]) for lane in lanes]
+
+    return DirectForwarder(
+        {instance.name: instance.capacity for instance in plan.instances if model is None or instance.model == model},
+        lane_token,
+        registered_lanes,
+        weights,
+    )

@@ -1,0 +1,22 @@
+"""Vector stores: LanceDB embedded in a folder (the default) and PostgreSQL with pgvector (a real server).
+
+``open_store(settings)`` picks one from the settings; both implement ``search.stores.base.VectorStore``. Each store's
+driver is imported only by its own module, so a LanceDB user never needs psycopg and the reverse.
+"""
+
+from __future__ import annotations
+
+from search.settings import LanceStoreSettings, SearchSettings
+from search.stores.base import VectorStore
+
+
+def open_store(settings: SearchSettings) -> VectorStore:
+    """The store the settings name, opened (created on first use); raises StoreError if it cannot be."""
+    store = settings.store
+    if isinstance(store, LanceStoreSettings):
+        from search.stores.lance import LanceStore
+
+        return LanceStore(store.path, store.table, ann_threshold_rows=settings.ann_threshold_rows)
+    from search.stores.pgvector import PgvectorStore
+
+    return PgvectorStore(store.dsn, store.table, ann_threshold_rows=settings.ann_threshold_rows)

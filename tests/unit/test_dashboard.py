@@ -134,10 +134,22 @@ def test_instances_view_the_page_reads_is_served_alongside(client: TestClient) -
         "labels",
     ):
         assert key in stats and f"stats.{key}" in script, key
-    for key in ("throughput_embeddings_per_s", "memory_usage_bytes", "gpu_utilization", "error_rates", "history"):
+    for key in (
+        "throughput_embeddings_per_s",
+        "memory_usage_bytes",
+        "gpu_utilization",
+        "error_rates",
+        "history",
+        "models",
+    ):
         assert key in view and f"view.{key}" in script, key
     for key in ("requests", "client_errors", "server_failures", "overloaded", "server_failure_rate"):
         assert key in view["error_rates"] and f"errors.{key}" in script, key
+    # Per-model totals (several models behind one endpoint) and each card's model.
+    assert [entry["instances"] for entry in view["models"].values()] == [["pool-0"]]
+    for key in ("instances", "reporting", "requests", "throughput_embeddings_per_s", "server_failures"):
+        assert f"entry.{key}" in script, key
+    assert "labels.model" in script
     # Added by the front door (orchestrator.instances_view.with_front_door); the page must read them when present.
     for key in ("view.front_door", "view.instances_ready", "view.instances_planned", "front.retries"):
         assert key in script, key

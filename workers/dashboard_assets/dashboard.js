@@ -178,6 +178,8 @@
     const kind = labels.device_kind || "unknown";
     const isGpu = kind !== "cpu";
     card.dataset.deviceKind = kind;
+    card.dataset.model = labels.model || "";
+    field(card, "model").textContent = labels.model || "";
     field(card, "device-kind").textContent = kind;
     const reporting = field(card, "reporting");
     reporting.textContent = stats.reporting ? "reporting" : "stale";
@@ -261,7 +263,9 @@
   function renderCards(view) {
     const container = document.getElementById("instances");
     const stats = view.instance_stats || {};
-    const names = Object.keys(stats).sort();
+    // Grouped by the model each instance serves (several models behind one endpoint), then by name.
+    const modelOf = (name) => ((stats[name] && stats[name].labels) || {}).model || "";
+    const names = Object.keys(stats).sort((a, b) => modelOf(a).localeCompare(modelOf(b)) || a.localeCompare(b));
     const present = new Set(names);
     for (const card of Array.from(container.children)) {
       if (!present.has(card.dataset.instance)) {
@@ -277,6 +281,28 @@
     });
     document.getElementById("empty").hidden = names.length > 0;
     return names.map((name) => stats[name]);
+  }
+
+  function renderModels(view) {
+    // One line per served model with its totals, shown only when more than one model is served.
+    const section = document.getElementById("models");
+    const models = view.models || {};
+    const names = Object.keys(models).sort();
+    section.hidden = names.length < 2;
+    section.replaceChildren(
+      ...names.map((name) => {
+        const entry = models[name];
+        const line = document.createElement("div");
+        line.className = "model-line";
+        line.dataset.model = name;
+        const failed = entry.server_failures + entry.client_errors + entry.overloaded;
+        line.textContent =
+          `${name}: ${entry.reporting}/${entry.instances.length} instances reporting, ` +
+          `${fmt.rate(entry.throughput_embeddings_per_s)} embeddings/s, ${fmt.count(entry.requests)} requests, ` +
+          `${fmt.count(failed)} failed`;
+        return line;
+      }),
+    );
   }
 
   // ---- totals -----------------------------------------------------------------------------------------------
@@ -374,6 +400,7 @@
       const view = await response.json();
       const all = renderCards(view);
       renderTotals(view, all);
+      renderModels(view);
       updates += 1;
       document.body.dataset.updates = String(updates);
       setStatus("ok", `updated ${new Date().toLocaleTimeString()}`);

@@ -169,12 +169,22 @@ def first_embedding(url: str) -> bool:
         return False
 
 
-async def drive(url: str, texts: list[str], clients: int, per_request: int, requests: int) -> dict[str, Any]:
-    """``requests`` requests from ``clients`` concurrent clients; returns texts/s, latency percentiles (ms) and each
-    instance's share of the requests (from the ``x-instance`` header)."""
+async def drive(
+    url: str,
+    texts: list[str],
+    clients: int,
+    per_request: int,
+    requests: int,
+    model: str | None = None,
+    shed_ok: bool = False,
+) -> dict[str, Any]:
+    """``requests`` requests from ``clients`` concurrent clients (naming ``model`` when given); returns texts/s,
+    latency percentiles (ms) of the answered requests, each instance's share of them (the ``x-instance`` header) and
+    how many were shed (429, counted instead of failing when ``shed_ok``)."""
     import aiohttp
 
     latencies: list[float] = []
+    shed = [0]
     answered_by: collections.Counter[str] = collections.Counter()
     counter = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=clients)
@@ -183,10 +193,15 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
         async def client() -> None:
             for n in counter:
                 start = (n * per_request) % (len(texts) - per_request)
-                body = {"input": texts[start : start + per_request], "encoding_format": "base64"}
+                body: dict[str, Any] = {"input": texts[start : start + per_request], "encoding_format": "base64"}
+                if model is not None:
+                    body["model"] = model
                 began = time.perf_counter()
                 async with session.post(f"{url}/v1/embeddings", json=body) as response:
                     await response.read()
+                    if response.status == 429 and shed_ok:
+                        shed[0] += 1
+                        continue
                     if response.status != 200:
                         raise RuntimeError(f"status {response.status}: {await response.text()}")
                     answered_by[response.headers.get("x-instance", "?")] += 1
@@ -196,11 +211,13 @@ async def drive(url: str, texts: list[str], clients: int, per_request: int, requ
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
+    answered = len(latencies)
     return {
-        "emb_per_s": requests * per_request / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "shares": {name: count / requests for name, count in sorted(answered_by.items())},
+        "emb_per_s": answered * per_request / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"),
+        "p99_ms": latencies[min(answered - 1, int(answered * 0.99))] * 1000 if latencies else float("nan"),
+        "shares": {name: count / max(answered, 1) for name, count in sorted(answered_by.items())},
+        "shed": shed[0],
     }
 
 

@@ -135,15 +135,7 @@ def doctor_gpu(config_path: str) -> GpuDoctorReport:
 
     loaded = steps.load(Path(config_path))
     placement, _gpu_note = steps.plan_here(loaded)
-    spec = ReplicaSpec.from_config(
-        placement,
-        None,
-        {"model": loaded.config.model, "server": loaded.config.server},
-        model_folder=str(loaded.model_folder),
-        model_name=loaded.model_name,
-        api_key_sha256=None,
-        lane_token=None,
-    )
+    spec = steps.replica_spec_here(loaded, placement)
     return run_gpu_doctor(spec)
 
 

@@ -20,6 +20,7 @@ from orchestrator import capabilities
 from orchestrator.config import LoadedConfig, load_config
 from orchestrator.contracts.errors import DeployError
 from orchestrator.contracts.plan import Plan
+from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.doctor import ServingFacts
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.planner import plan
@@ -65,6 +66,20 @@ def plan_on_cluster(loaded: LoadedConfig) -> ClusterPlan:
     lines = tuple(describe_node(node, names[node.node_id]) for node in nodes)
     placement = plan_cluster(loaded.config, nodes, loaded.footprints(), capabilities.detect())
     return ClusterPlan(placement, lines, tuple(warnings))
+
+
+def replica_spec_here(loaded: LoadedConfig, placement: Plan) -> ReplicaSpec:
+    """What a replica of this machine's default model would receive (no lane, no API key): for the checks and
+    measurements that build an instance outside Serve (``doctor --gpu``, ``bench --profile``)."""
+    return ReplicaSpec.from_config(
+        placement,
+        None,
+        {"model": loaded.config.model, "server": loaded.config.server},
+        model_folder=str(loaded.model_folder),
+        model_name=loaded.model_name,
+        api_key_sha256=None,
+        lane_token=None,
+    )
 
 
 def onnx_export_needed(loaded: LoadedConfig, placement: Plan) -> bool:

@@ -97,14 +97,9 @@ class PairTokenizer:
     def __init__(self, folder: Path, max_input_tokens: int) -> None:
         """Load ``folder/tokenizer.json``; raises FileNotFoundError without one, ValueError when it encodes no pairs
         or the limit leaves no room for text."""
-        from tokenizers import Tokenizer
+        from workers.tokenizer import load_fast_tokenizer
 
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} has no tokenizer.json (a fast tokenizer is required)")
-        self._tokenizer = Tokenizer.from_file(str(path))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._tokenizer = load_fast_tokenizer(folder)
         self._layout = _Layout(self._tokenizer)
         self.max_input_tokens = max_input_tokens
         self.budget = max_input_tokens - self._layout.special_tokens  # for the two texts together

@@ -26,8 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.contracts.errors import InputTooLong, ValidationFailed
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 _PROBE_TEXT = "a"
 
@@ -48,6 +52,20 @@ def chars_per_token(vocabulary: Iterable[str]) -> int:
     return min(longest + 1, MAX_CHARS_PER_TOKEN)
 
 
+def load_fast_tokenizer(folder: Path) -> Tokenizer:
+    """``folder/tokenizer.json`` with truncation and padding off (both are decided here, per text); raises
+    FileNotFoundError without one."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no tokenizer.json (a fast tokenizer is required)")
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 class TextTokenizer:
     """Turns texts into token ids including the model's special tokens, at most ``max_input_tokens`` long."""
 
@@ -57,14 +75,7 @@ class TextTokenizer:
         ``ensure_last_token``: a token every sequence must end with (last-token pooling pools the end-of-text
         token; some tokenizers do not append it, and then it is appended here).
         """
-        from tokenizers import Tokenizer
-
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder} has no tokenizer.json (a fast tokenizer is required)")
-        self._tokenizer = Tokenizer.from_file(str(path))
-        self._tokenizer.no_truncation()
-        self._tokenizer.no_padding()
+        self._tokenizer = load_fast_tokenizer(folder)
         self.max_input_tokens = max_input_tokens
         self._prefix, self._suffix = self._special_wrapping()
         if ensure_last_token is not None and (self._suffix or [None])[-1] != ensure_last_token:

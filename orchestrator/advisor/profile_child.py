@@ -32,7 +32,6 @@ def measure_in_child(
     """Run the child on ``config_path`` (one instance); returns its JSON. Raises AdvisorError with its last line."""
     from orchestrator import steps
     from orchestrator.contracts.errors import OrchestratorError
-    from orchestrator.contracts.replica_spec import ReplicaSpec
 
     try:
         loaded = steps.load(config_path)
@@ -41,15 +40,7 @@ def measure_in_child(
             steps.export_in_child(config_path)
     except OrchestratorError as error:
         raise AdvisorError(f"measuring {config_path.name}: {error.message}") from None
-    spec = ReplicaSpec.from_config(
-        placement,
-        None,
-        {"model": loaded.config.model, "server": loaded.config.server},
-        model_folder=str(loaded.model_folder),
-        model_name=loaded.model_name,
-        api_key_sha256=None,
-        lane_token=None,
-    )
+    spec = steps.replica_spec_here(loaded, placement)
     job = {
         "spec": base64.b64encode(pickle.dumps(spec)).decode(),
         "instance": placement.instances[0].name,

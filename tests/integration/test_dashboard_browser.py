@@ -152,8 +152,24 @@ def _load(url: str, stop: threading.Event, clients: int = 4, max_requests: int =
     return asyncio.run(run())
 
 
+def hub_has_a_past(url: str, points: int = 3, timeout_s: float = 30.0) -> None:
+    """Wait until the metrics hub keeps ``points`` seconds of history: a service started a moment ago has none yet,
+    and the page can only start its charts from the past the hub has."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{url}/instances", timeout=5) as answer:
+            history = json.loads(answer.read()).get("history", {}).get("throughput") or []
+        if sum(value is not None for value in history) >= points:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the hub kept fewer than {points} points of history in {timeout_s:.0f} s")
+
+
 def test_dashboard_shows_live_numbers_under_load(served, tmp_path: Path) -> None:
     url, _, _ = served
+    hub_has_a_past(url)
     with chromium_browser() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         watch = PageWatch(page, url)

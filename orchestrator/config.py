@@ -97,6 +97,21 @@ class ServerConfig(_Strict):
         "front door; replicas on other nodes must accept TCP from the head on an ephemeral port) or 'serve' (Ray "
         "Serve's handle and our router in it: only Ray's ports, about 4 ms more per request).",
     )
+    front_door_workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
+        "auto",
+        description="Front-door processes sharing the port, each with its own lanes and balancer (transport "
+        "'direct' only). 'auto': one on CPU pools (the replicas use the cores), more on GPU nodes, sized from the "
+        "planned instances and the cores (orchestrator/frontdoor/worker_count.py).",
+    )
+
+    @model_validator(mode="after")
+    def _workers_need_direct_lanes(self) -> ServerConfig:
+        if self.front_door_workers != "auto" and self.front_door_workers > 1 and self.transport != "direct":
+            raise ValueError(
+                "front_door_workers above 1 needs transport: direct (each worker keeps its own lanes to the "
+                "replicas; Serve handles live in the up process only)"
+            )
+        return self
 
 
 BALANCER_PRESETS = {
@@ -205,6 +220,12 @@ class Config(_Strict):
     cpu_pools: CpuPoolsConfig = CpuPoolsConfig()
     batching: BatchingConfig = BatchingConfig()
     ray: RayConfig = RayConfig()
+    search: dict[str, Any] | str | None = Field(
+        None,
+        description="Serve POST /v1/search on the service's port (the search extra): the search settings inline, or "
+        "the path of a search settings file (relative: to this file). Kept raw here (the orchestrator does not "
+        "import the search layer); `up` validates it with search.settings. url defaults to this service.",
+    )
     mig_instances: Annotated[list[InstanceConfig], Field(min_length=1)]
 
     @field_validator("mig_instances")
@@ -216,6 +237,16 @@ class Config(_Strict):
                 raise ValueError(f"duplicate instance name {instance.name!r}")
             seen.add(instance.name)
         return instances
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _empty_search_is_on(cls, raw: Any) -> Any:
+        # Runs only when the key is written: a bare `search:` (null) turns the route on with every default.
+        if raw is None:
+            return {}
+        if isinstance(raw, dict) or (isinstance(raw, str) and raw.strip()):
+            return raw
+        raise ValueError("must be the search settings (a mapping) or the path of a search settings file")
 
     @model_validator(mode="before")
     @classmethod

@@ -2,9 +2,10 @@
 ``OrchestratorError`` whose message is the one line a user needs.
 
 ``up`` is: load config -> probe hardware and plan (this machine, or every node once the cluster is joined) -> export
-the ONNX graph if the cache lacks it -> bind the port -> start Ray -> deploy -> attach the transport -> serve ->
-stop. The CLI (``orchestrator/cli/serve.py``) strings these together, shows progress and maps errors to exit codes;
-keeping the steps free of output is what lets ``plan`` run exactly the planning ``up`` runs.
+the ONNX graph if the cache lacks it -> bind the port (with ``POST /v1/search`` mounted when the config has a
+``search:`` section) -> start Ray -> deploy -> attach the transport -> serve -> stop. The CLI
+(``orchestrator/cli/serve.py``) strings these together, shows progress and maps errors to exit codes; keeping the
+steps free of output is what lets ``plan`` run exactly the planning ``up`` runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.doctor import ServingFacts
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.planner import plan
+from orchestrator.search_route import mount_search, search_settings
 from orchestrator.serving.control_plane import kill_descendants
 
 if TYPE_CHECKING:
@@ -40,12 +42,14 @@ class ClusterPlan:
 
 
 def load(config_path: Path, port: int | None = None) -> LoadedConfig:
-    """Read and validate the config (``port`` overrides ``server.port``); raises ConfigError."""
+    """Read and validate the config (``port`` overrides ``server.port``), its ``search:`` section included (by the
+    search layer, which must then be installed); raises ConfigError."""
     loaded = load_config(config_path)
-    if port is None:
-        return loaded
-    server = loaded.config.server.model_copy(update={"port": port})
-    return loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+    if port is not None:
+        server = loaded.config.server.model_copy(update={"port": port})
+        loaded = loaded.model_copy(update={"config": loaded.config.model_copy(update={"server": server})})
+    search_settings(loaded)
+    return loaded
 
 
 def plan_here(loaded: LoadedConfig) -> tuple[Plan, str | None]:
@@ -158,10 +162,12 @@ def _port_problem(host: str, port: int) -> str | None:
 
 
 def open_front_door(loaded: LoadedConfig) -> FrontDoorServer:
-    """Bind the port now, before Ray: a busy port fails in a second, and clients get 503 "starting" meanwhile."""
+    """Bind the port now, before Ray: a busy port fails in a second, and clients get 503 "starting" meanwhile.
+    ``POST /v1/search`` is mounted first when the config has a ``search:`` section (``mount_search``)."""
     from orchestrator.frontdoor.server import front_door_server_for
 
     front = front_door_server_for(loaded)
+    mount_search(front.front_door, loaded)
     front.start()
     return front
 

@@ -3,8 +3,12 @@
 ``ServiceFacts`` come from ``GET /info`` (TEI's shape: model, dimensions, prompts, limits) and ``GET /instances``
 (ours: how many instances, each one's capacity); a plain OpenAI-compatible endpoint has neither, and the facts fall
 back to conservative defaults and the first answer's dimensions. Vectors travel as base64 (little-endian float32):
-a quarter of the JSON to parse. 429 and 503 answers are retried after their ``Retry-After``: the service says it is
-full, not that the request is wrong.
+a quarter of the JSON to parse. 429 and 503 answers are retried after their ``Retry-After`` (for up to
+``max_retry_wait_s``, then ``ServiceBusy``): the service says it is full, not that the request is wrong.
+
+Credentials: the client's own ``Authorization`` comes from ``api_key_env`` (the CLI, the UI); a call may pass its own
+``authorization`` instead (``POST /v1/search`` served by the service forwards its caller's header to the service's
+own ``/v1/embeddings``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from search.errors import ServiceError
+from search.errors import ServiceBusy, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,11 @@ def auth_headers(api_key_env: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"} if key else {}
 
 
+def _per_call(authorization: str | None) -> dict[str, str] | None:
+    """Headers of one call: its own ``Authorization`` (replacing the client's) when it has one."""
+    return {"authorization": authorization} if authorization else None
+
+
 def _decode(item: dict[str, Any]) -> np.ndarray:
     raw = item["embedding"]
     if isinstance(raw, str):
@@ -93,15 +102,24 @@ class EmbeddingClient:
     """One connection pool to the service; use as ``async with EmbeddingClient(url) as client``."""
 
     def __init__(
-        self, url: str, *, model: str | None = None, api_key_env: str | None = None, timeout_s: float = 60.0
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        api_key_env: str | None = None,
+        timeout_s: float = 60.0,
+        max_retry_wait_s: float = MAX_RETRY_WAIT_S,
+        transport: httpx.AsyncBaseTransport | None = None,  # None: the network (tests hand in a mock)
     ) -> None:
         self.url = url.rstrip("/")
         self.model = model
+        self.max_retry_wait_s = max_retry_wait_s
         self._http = httpx.AsyncClient(
             base_url=self.url,
             headers=auth_headers(api_key_env),
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+            transport=transport,
         )
         self.requests = 0  # embedding requests answered 200 (tests and the indexer's report count them)
         self.texts = 0
@@ -112,9 +130,9 @@ class EmbeddingClient:
     async def __aexit__(self, *exc: object) -> None:
         await self._http.aclose()
 
-    async def _get_json(self, path: str) -> Any | None:
+    async def _get_json(self, path: str, authorization: str | None = None) -> Any | None:
         try:
-            response = await self._http.get(path)
+            response = await self._http.get(path, headers=_per_call(authorization))
         except httpx.HTTPError as error:
             raise ServiceError(f"{self.url}{path}: cannot reach the embedding service ({error})") from None
         if response.status_code in (404, 405):
@@ -123,10 +141,10 @@ class EmbeddingClient:
             raise ServiceError(f"{self.url}{path}: {response.status_code} {_message(response)}")
         return response.json()
 
-    async def facts(self) -> ServiceFacts:
+    async def facts(self, authorization: str | None = None) -> ServiceFacts:
         """What /info and /instances say (defaults where the service has no such route)."""
-        info = await self._get_json("/info") or {}
-        view = await self._get_json("/instances") or {}
+        info = await self._get_json("/info", authorization) or {}
+        view = await self._get_json("/instances", authorization) or {}
         stats = view.get("instance_stats") if isinstance(view, dict) else None
         return ServiceFacts(
             model=self.model or info.get("model_id"),
@@ -138,8 +156,11 @@ class EmbeddingClient:
             task=str(info.get("task", "embed")),
         )
 
-    async def embed(self, texts: list[str], prompt_name: str | None = None) -> Embedded:
-        """Embed ``texts`` in one request; raises ServiceError on an answer that is not 200 after retries."""
+    async def embed(
+        self, texts: list[str], prompt_name: str | None = None, authorization: str | None = None
+    ) -> Embedded:
+        """Embed ``texts`` in one request (``authorization``: this call's header instead of the client's); raises
+        ServiceError on an answer that is not 200, ServiceBusy when 429/503 answers outlast ``max_retry_wait_s``."""
         body: dict[str, Any] = {"input": texts, "encoding_format": "base64"}
         if self.model:
             body["model"] = self.model
@@ -149,7 +170,7 @@ class EmbeddingClient:
         waited_s = 0.0
         while True:
             try:
-                response = await self._http.post("/v1/embeddings", json=body)
+                response = await self._http.post("/v1/embeddings", json=body, headers=_per_call(authorization))
             except httpx.TransportError as error:
                 response = None
                 problem = f"cannot reach {self.url} ({error!r})"
@@ -160,8 +181,9 @@ class EmbeddingClient:
             if response is not None:
                 problem = f"{response.status_code} {_message(response)}"
             delay = float(response.headers.get("retry-after", 1)) if response is not None else 1.0
-            if waited_s + delay > MAX_RETRY_WAIT_S:
-                raise ServiceError(f"{self.url}/v1/embeddings: still failing after {waited_s:.0f} s: {problem}")
+            if waited_s + delay > self.max_retry_wait_s:
+                failure = ServiceBusy if response is not None else ServiceError
+                raise failure(f"{self.url}/v1/embeddings: still failing after {waited_s:.0f} s: {problem}")
             logger.debug("retrying in %.1f s: %s", delay, problem)
             await asyncio.sleep(delay)
             waited_s += delay

@@ -1,7 +1,8 @@
 """The search layer's one exception hierarchy (a leaf module: imports nothing of ours).
 
-Each class carries the HTTP status ``search.http`` answers with and the CLI's exit code, so the mapping from a
-failure to what a user sees is written once here and nowhere else.
+Each class carries the HTTP status ``search.http`` answers with (and its OpenAI ``type``: the route answers errors
+in the shape every other route of the service does) and the CLI's exit code, so the mapping from a failure to what a
+user sees is written once here and nowhere else.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ class SearchError(Exception):
 
     status_code: int = 500
     error_type: str = "Internal"
+    openai_type: str = "server_error"
     exit_code: int = 1
 
     def __init__(self, message: str) -> None:
@@ -32,6 +34,7 @@ class BadQuery(SearchError):
 
     status_code = 422
     error_type = "Validation"
+    openai_type = "invalid_request_error"
     exit_code = 2
 
 
@@ -40,6 +43,7 @@ class ModelMismatch(SearchError):
 
     status_code = 409
     error_type = "ModelMismatch"
+    openai_type = "invalid_request_error"
     exit_code = 2
 
 
@@ -48,6 +52,7 @@ class EmptyStore(SearchError):
 
     status_code = 404
     error_type = "EmptyStore"
+    openai_type = "invalid_request_error"
     exit_code = 1
 
 
@@ -57,6 +62,13 @@ class ServiceError(SearchError):
     status_code = 502
     error_type = "Upstream"
     exit_code = 1
+
+
+class ServiceBusy(ServiceError):
+    """The embedding service kept answering 429/503 (full, or still starting) for as long as the caller waits."""
+
+    status_code = 503
+    error_type = "Unavailable"
 
 
 class StoreError(SearchError):
@@ -72,4 +84,23 @@ class ReaderError(SearchError):
 
     status_code = 422
     error_type = "Reader"
+    openai_type = "invalid_request_error"
+    exit_code = 2
+
+
+class RequestTooLarge(SearchError):
+    """A ``POST /v1/search`` body over the route's size limit (named as the service's other routes name it)."""
+
+    status_code = 413
+    error_type = "PayloadTooLarge"
+    openai_type = "invalid_request_error"
+    exit_code = 2
+
+
+class RequestTooSlow(SearchError):
+    """A ``POST /v1/search`` body that stalled: the client sent nothing for the route's body timeout."""
+
+    status_code = 408
+    error_type = "ClientTimeout"
+    openai_type = "invalid_request_error"
     exit_code = 2

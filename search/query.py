@@ -49,9 +49,9 @@ class Searcher:
         if self._rerank_http is not None:
             await self._rerank_http.aclose()
 
-    async def facts(self) -> ServiceFacts:
+    async def facts(self, authorization: str | None = None) -> ServiceFacts:
         if self._facts is None:
-            self._facts = await self.client.facts()
+            self._facts = await self.client.facts(authorization)
         return self._facts
 
     async def search(
@@ -61,19 +61,24 @@ class Searcher:
         sources: Sequence[str] | None = None,
         rerank: bool = False,
         exact: bool = False,
+        authorization: str | None = None,
     ) -> SearchResult:
-        """The ``k`` best chunks for ``query``; raises BadQuery, ModelMismatch, EmptyStore, ServiceError, StoreError."""
+        """The ``k`` best chunks for ``query``; raises BadQuery, ModelMismatch, EmptyStore, ServiceError, StoreError.
+
+        ``authorization``: the header to send the embedding service on this search's calls instead of the client's
+        own (the HTTP route forwards its caller's).
+        """
         if not query.strip():
             raise BadQuery("the query is empty")
         if not 1 <= k <= MAX_K:
             raise BadQuery(f"k must be between 1 and {MAX_K}, not {k}")
         if rerank and self._rerank_http is None:
             raise SettingsError("--rerank needs a reranker: set rerank.url (a service answering POST /v1/rerank)")
-        facts = await self.facts()
+        facts = await self.facts(authorization)
         timings: dict[str, float] = {}
 
         started = time.perf_counter()
-        embedded = await self.client.embed([query], prompt_name=facts.query_prompt_name)
+        embedded = await self.client.embed([query], prompt_name=facts.query_prompt_name, authorization=authorization)
         timings["embed"] = (time.perf_counter() - started) * 1000
         vector = embedded.vectors[0]
         stored = await asyncio.to_thread(self.store.binding)

@@ -103,14 +103,16 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc if part not in ("lancedb", "pgvector"))
 
 
-def parse_settings(raw: object, source: str = "<settings>") -> SearchSettings:
-    """Validate ``raw`` (a mapping); raises SettingsError listing every problem with its key."""
+def parse_settings(raw: object, source: str = "<settings>", key_prefix: str = "") -> SearchSettings:
+    """Validate ``raw`` (a mapping); raises SettingsError listing every problem with its key (after ``key_prefix``:
+    ``search`` when the settings are a section of a service config)."""
     if raw is None:
         raw = {}
     try:
         return SearchSettings.model_validate(raw)
     except ValidationError as error:
-        lines = [f"{source}: {_location(e['loc']) or '<top>'}: {e['msg']}" for e in error.errors()]
+        keys = [".".join(filter(None, (key_prefix, _location(e["loc"])))) or "<top>" for e in error.errors()]
+        lines = [f"{source}: {key}: {e['msg']}" for key, e in zip(keys, error.errors(), strict=True)]
         raise SettingsError("; ".join(lines)) from None
 
 
@@ -123,12 +125,20 @@ def load_settings(path: Path | None) -> SearchSettings:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise SettingsError(f"{path}: cannot read settings: {error}") from None
-    settings = parse_settings(raw, str(path))
+    return store_relative_to(parse_settings(raw, str(path)), path.parent)
+
+
+def store_relative_to(settings: SearchSettings, folder: Path) -> SearchSettings:
+    """``settings`` with a relative LanceDB store path made absolute against ``folder`` (the folder of the file that
+    wrote it: a settings file, or the service config holding a ``search:`` section)."""
     store = settings.store
-    if isinstance(store, LanceStoreSettings) and not Path(store.path).is_absolute():
-        store = store.model_copy(update={"path": str((path.parent / store.path).resolve())})
-        settings = settings.model_copy(update={"store": store})
-    return settings
+    if not isinstance(store, LanceStoreSettings):
+        return settings
+    path = Path(store.path).expanduser()
+    resolved = str(path if path.is_absolute() else (folder / path).resolve())
+    if resolved == store.path:
+        return settings
+    return settings.model_copy(update={"store": store.model_copy(update={"path": resolved})})
 
 
 def with_overrides(settings: SearchSettings, **overrides: object) -> SearchSettings:

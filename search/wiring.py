@@ -10,16 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.chunking import Chunker, load_tokenizer
-from search.embedding_client import EmbeddingClient
+from search.embedding_client import MAX_RETRY_WAIT_S, EmbeddingClient
 from search.errors import SettingsError
 from search.settings import SearchSettings, resolve_url
 from search.stores import open_store
 from search.stores.base import VectorStore
 
 
-def make_client(settings: SearchSettings) -> EmbeddingClient:
+def make_client(settings: SearchSettings, max_retry_wait_s: float = MAX_RETRY_WAIT_S) -> EmbeddingClient:
     return EmbeddingClient(
-        resolve_url(settings), model=settings.model, api_key_env=settings.api_key_env, timeout_s=settings.timeout_s
+        resolve_url(settings),
+        model=settings.model,
+        api_key_env=settings.api_key_env,
+        timeout_s=settings.timeout_s,
+        max_retry_wait_s=max_retry_wait_s,
     )
 
 

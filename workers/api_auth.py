@@ -1,22 +1,8 @@
-"""Who may call an instance's routes: an API key compared by its SHA-256 (the key itself never reaches a replica), and
-the endpoint groups a config may leave open (health for load balancers, metrics for Prometheus)."""
+"""Who may call an instance's routes: the rule lives in ``orchestrator.contracts.api_key`` (the front door applies
+the same one to the routes it answers itself, ``/v1/search``); re-exported here for the replicas' HTTP app."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from orchestrator.contracts.api_key import OPEN_PATHS, key_matches, requires_key
 
-OPEN_PATHS = {"health": ("/health", "/ping"), "metrics": ("/metrics", "/instances", "/dashboard")}
-
-
-def requires_key(path: str, open_endpoints: tuple[str, ...]) -> bool:
-    """True unless ``path`` belongs to an endpoint group left open by the config."""
-    return not any(path.startswith(prefix) for group in open_endpoints for prefix in OPEN_PATHS.get(group, ()))
-
-
-def key_matches(header: str | None, key_sha256: str) -> bool:
-    """``Authorization: Bearer <key>`` whose SHA-256 equals the configured digest (constant-time compare)."""
-    if not header or not header.lower().startswith("bearer "):
-        return False
-    digest = hashlib.sha256(header[7:].strip().encode()).hexdigest()
-    return hmac.compare_digest(digest, key_sha256)
+__all__ = ["OPEN_PATHS", "key_matches", "requires_key"]

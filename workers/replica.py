@@ -56,7 +56,7 @@ class EmbeddingReplica:
             keep_serve_grpc_on_loopback()
         self._spec = spec
         self._rank = _current_rank()
-        self._instance = spec.plan.instance_for_node_rank(spec.node_id, self._rank, spec.serves_model)
+        self._instance = spec.instance_for_rank(self._rank)
         self._service, self._device_health = build_instance(spec, self._instance)
         self._hub = _find_hub()
         self._push_task: asyncio.Task[None] | None = None

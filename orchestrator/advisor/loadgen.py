@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,12 +32,20 @@ _local = threading.local()
 
 @dataclass(frozen=True)
 class LoadResult:
-    """Requests answered 200 per second over the run, their latencies (seconds, sorted), and failures."""
+    """Requests answered 200 per second over the run, their latencies (seconds, sorted), and failures.
+
+    ``in_order_s``: the same latencies in the order the requests were sent (open loop: consecutive latencies of a
+    queue are correlated, which an interval for a percentile must know). ``completions``: when each answer came
+    (seconds from the start) and the instance that served it (the ``x-instance`` header; "" when absent), in the
+    closed loop: the departure process ``spread.departure_spread`` reads.
+    """
 
     offered_rps: float
     throughput_rps: float
     latencies_s: list[float]
     errors: int
+    in_order_s: list[float] = field(default_factory=list)
+    completions: list[tuple[float, str]] = field(default_factory=list)
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies_s:
@@ -51,8 +59,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _post(url: str, texts: Sequence[str]) -> bool:
-    """One ``/v1/embeddings`` request on this thread's connection; True on 200."""
+def _post(url: str, texts: Sequence[str]) -> str | None:
+    """One ``/v1/embeddings`` request on this thread's connection; on 200 the instance that answered ("" when the
+    answer does not say), else None."""
     parts = urlsplit(url)
     connection = getattr(_local, "connection", None)
     if connection is None:
@@ -63,11 +72,11 @@ def _post(url: str, texts: Sequence[str]) -> bool:
         connection.request("POST", "/v1/embeddings", body, {"content-type": "application/json"})
         response = connection.getresponse()
         response.read()
-        return response.status == 200
+        return (response.getheader("x-instance") or "") if response.status == 200 else None
     except (OSError, http.client.HTTPException):
         connection.close()
         _local.connection = None
-        return False
+        return None
 
 
 def closed_loop(url: str, requests: Sequence[Sequence[str]], clients: int) -> LoadResult:
@@ -75,7 +84,9 @@ def closed_loop(url: str, requests: Sequence[Sequence[str]], clients: int) -> Lo
     work = iter(requests)
     lock = threading.Lock()
     latencies: list[float] = []
+    completions: list[tuple[float, str]] = []
     errors = [0]
+    began = time.perf_counter()
 
     def client() -> None:
         while True:
@@ -83,51 +94,59 @@ def closed_loop(url: str, requests: Sequence[Sequence[str]], clients: int) -> Lo
                 texts = next(work, None)
             if texts is None:
                 return
-            began = time.perf_counter()
-            ok = _post(url, texts)
+            sent = time.perf_counter()
+            instance = _post(url, texts)
+            done = time.perf_counter()
             with lock:
-                latencies.append(time.perf_counter() - began) if ok else None
-                errors[0] += not ok
+                if instance is None:
+                    errors[0] += 1
+                else:
+                    latencies.append(done - sent)
+                    completions.append((done - began, instance))
 
-    began = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - began
-    return LoadResult(float("nan"), len(latencies) / elapsed, sorted(latencies), errors[0])
+    return LoadResult(
+        float("nan"), len(latencies) / elapsed, sorted(latencies), errors[0], list(latencies), sorted(completions)
+    )
 
 
 def open_loop(url: str, requests: Sequence[Sequence[str]], rate_rps: float, seed: int = 5) -> LoadResult:
     """Poisson arrivals at ``rate_rps``, one request each (in order); latency counted from the scheduled arrival."""
     rng = random.Random(seed)
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
+    latencies: list[float | None] = [None] * len(requests)
 
-    def send(scheduled: float, texts: Sequence[str]) -> None:
-        ok = _post(url, texts)
-        with lock:
-            latencies.append(time.perf_counter() - scheduled) if ok else None
-            errors[0] += not ok
+    def send(index: int, scheduled: float, texts: Sequence[str]) -> None:
+        ok = _post(url, texts) is not None
+        latencies[index] = time.perf_counter() - scheduled if ok else None
 
     with ThreadPoolExecutor(max_workers=128) as pool:
         began = time.perf_counter()
         scheduled = began
-        for texts in requests:
+        for index, texts in enumerate(requests):
             scheduled += rng.expovariate(rate_rps)
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            pool.submit(send, scheduled, texts)
+            pool.submit(send, index, scheduled, texts)
         last_arrival = scheduled
     elapsed = max(time.perf_counter(), last_arrival) - began
-    return LoadResult(len(requests) / (last_arrival - began), len(latencies) / elapsed, sorted(latencies), errors[0])
+    answered = [latency for latency in latencies if latency is not None]
+    return LoadResult(
+        len(requests) / (last_arrival - began),
+        len(answered) / elapsed,
+        sorted(answered),
+        len(requests) - len(answered),
+        answered,
+    )
 
 
 def _answers(url: str) -> bool:
-    return _post(url, ["warm"])
+    return _post(url, ["warm"]) is not None
 
 
 @contextlib.contextmanager

@@ -1,15 +1,20 @@
 """The measurements file: what ``orchestrator bench --profile`` measured, per instance type, for one model.
 
-Contract: a small JSON object, ``{"format": FORMAT, "version": 1, "model": {...}, "machine": {...}, "workload":
+Contract: a small JSON object, ``{"format": FORMAT, "version": 2, "model": {...}, "machine": {...}, "workload":
 {...}, "method": {...}, "served": {...} | null, "types": [...]}``. ``load_measurements`` refuses a file of another
 format or an unknown version (a newer tool's file must not be half-read), and measurements of another model than
 the one being advised (a MiniLM slice says nothing about Qwen3). Every refusal is one ``AdvisorError`` line.
+
+Versions: 2 adds the service-time spread at saturation (``saturation_quantiles`` on a type, and per type on the
+served check); everything else is as in 1. A version 1 file still loads, without that spread: the simulation then
+draws every service time from the low-load latency distribution, as it did before version 2.
 
 One entry per instance type measured: a CPU pool of N threads (``cpu-Nt``), a MIG profile of a board
 (``1g.10gb`` on ``H100-80GB``) or a whole GPU (``gpu``). Numbers are requests of the recorded workload: throughput
 at saturation (a queue always waiting, so the batcher merges requests as it does under load) and latency at low load
 (one request at a time), plus the low-load latencies' quantiles over their mean, which is the shape of the
-request-size distribution as the instance sees it (the simulation draws request sizes from it).
+request-size distribution as the instance sees it (the simulation draws request sizes from it), and, from version 2,
+the spread of the service times of requests served back to back at saturation (``spread.departure_spread``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 from orchestrator.contracts.errors import OrchestratorError
 
 FORMAT = "mig-orchestrator/measurements"
-VERSION = 1
+VERSION = 2
+READS_VERSIONS = (1, 2)  # 1: before the saturation spread (it loads without it)
 # When no served check was run: served throughput over in-process, the low end of README's measured 0.86-0.98 on
 # 2 pools (Ray's and the front door's share of the cores), and the added latency of one served request.
 ASSUMED_SERVED_RATIO = 0.88
@@ -48,6 +54,8 @@ class TypeMeasurement:
         texts_per_s: the same in texts/s.
         low_load_mean_ms / low_load_p50_ms / low_load_p99_ms: one request at a time, arrival to answer.
         size_quantiles: 21 quantiles (0, 5, ..., 100%) of the low-load latencies divided by their mean.
+        saturation_quantiles: 21 quantiles of the service times at saturation (back to back, from the instance's
+            completions) over their mean, measured in-process; None when not measured (a version 1 file).
         requests: how many requests each phase used, and the saturating clients.
         source: ``in-process`` (backend + batcher in a pinned child), ``served`` or ``assumed``.
     """
@@ -67,15 +75,21 @@ class TypeMeasurement:
     memory_mb: int | None = None
     requests: dict[str, int] = field(default_factory=dict)
     source: str = "in-process"
+    saturation_quantiles: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
 class ServedCheck:
-    """Served against in-process, measured by one ``orchestrator up`` over the measured pools (``None``: assumed)."""
+    """Served against in-process, measured by one ``orchestrator up`` over the measured pools (``None``: assumed).
+
+    ``saturation_quantiles`` holds, per CPU type (``cpu-1t``), the service-time spread at saturation as served (front
+    door, lane and the replica's event loop included), in the form of ``TypeMeasurement.saturation_quantiles``.
+    """
 
     ratio: float
     extra_ms: float
     how: str
+    saturation_quantiles: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,19 @@ class Measurements:
     def by_type(self, name: str, board: str | None = None) -> TypeMeasurement | None:
         return next((t for t in self.types if t.type == name and (board is None or t.board == board)), None)
 
+    def service_spread(self, row: TypeMeasurement) -> tuple[tuple[float, ...] | None, str]:
+        """The row's service-time spread at saturation as served, and where it comes from.
+
+        The served check's spread for the row's type when there is one (an in-process row is predicted as served,
+        and the served path adds its own spread), else the row's own (in-process, or written by hand), else None:
+        the simulation then falls back to the low-load latencies (a version 1 file, or a type measured without).
+        """
+        if row.source == "in-process" and self.served is not None and row.type in self.served.saturation_quantiles:
+            return self.served.saturation_quantiles[row.type], "served, at saturation"
+        if row.saturation_quantiles is not None:
+            return row.saturation_quantiles, f"{row.source}, at saturation"
+        return None, "none measured: the low-load latencies"
+
 
 def to_json(measurements: Measurements) -> dict[str, Any]:
     """The file's JSON object."""
@@ -115,15 +142,27 @@ def to_json(measurements: Measurements) -> dict[str, Any]:
         "machine": measurements.machine,
         "workload": measurements.workload,
         "method": measurements.method,
-        "served": asdict(measurements.served) if measurements.served else None,
+        "served": _served_json(measurements.served) if measurements.served else None,
         "types": [_row_json(t) for t in measurements.types],
     }
 
 
+def _rounded(quantiles: tuple[float, ...]) -> list[float]:
+    return [round(q, 4) for q in quantiles]
+
+
 def _row_json(row: TypeMeasurement) -> dict[str, Any]:
     out = asdict(row)
-    out["size_quantiles"] = [round(q, 4) for q in row.size_quantiles]
+    out["size_quantiles"] = _rounded(row.size_quantiles)
+    if row.saturation_quantiles is not None:
+        out["saturation_quantiles"] = _rounded(row.saturation_quantiles)
     return {key: value for key, value in out.items() if value is not None}
+
+
+def _served_json(served: ServedCheck) -> dict[str, Any]:
+    out = asdict(served)
+    out["saturation_quantiles"] = {name: _rounded(q) for name, q in served.saturation_quantiles.items()}
+    return out
 
 
 def save_measurements(measurements: Measurements, path: Path) -> None:
@@ -138,17 +177,18 @@ def parse_measurements(raw: object, where: str) -> Measurements:
             f'{where}: not a measurements file (no "format": "{FORMAT}"): write one with orchestrator bench --profile'
         )
     version = raw.get("version")
-    if version != VERSION:
+    if type(version) is not int or version not in READS_VERSIONS:
         raise AdvisorError(
-            f"{where}: measurements file version {version!r} is not one this orchestrator reads (it reads version "
-            f"{VERSION}): measure again with orchestrator bench --profile, or use the orchestrator that wrote it"
+            f"{where}: measurements file version {version!r} is not one this orchestrator reads (it reads versions "
+            f"{', '.join(map(str, READS_VERSIONS))}): measure again with orchestrator bench --profile, or use the "
+            "orchestrator that wrote it"
         )
     try:
         model = dict(raw["model"])
         if not model.get("name"):
             raise KeyError("model.name")
-        types = tuple(_row(r) for r in raw["types"])
-        served = ServedCheck(**raw["served"]) if raw.get("served") else None
+        types = tuple(_row(r, version) for r in raw["types"])
+        served = _served(raw["served"], version) if raw.get("served") else None
         return Measurements(
             model=model,
             machine=dict(raw.get("machine") or {}),
@@ -161,11 +201,36 @@ def parse_measurements(raw: object, where: str) -> Measurements:
         raise AdvisorError(f"{where}: malformed measurements file ({type(error).__name__}: {error})") from None
 
 
-def _row(raw: dict[str, Any]) -> TypeMeasurement:
-    row = TypeMeasurement(**{**raw, "size_quantiles": tuple(float(q) for q in raw["size_quantiles"])})
+def _spread(raw: Any, what: str) -> tuple[float, ...]:
+    quantiles = tuple(float(q) for q in raw)
+    if len(quantiles) < 2 or min(quantiles) < 0 or max(quantiles) <= 0:
+        raise ValueError(f"{what} is not a spread (at least 2 quantiles, none negative)")
+    return quantiles
+
+
+def _row(raw: dict[str, Any], version: int) -> TypeMeasurement:
+    if version < 2 and "saturation_quantiles" in raw:
+        raise ValueError("saturation_quantiles in a version 1 file")
+    spread = raw.get("saturation_quantiles")
+    row = TypeMeasurement(
+        **{
+            **raw,
+            "size_quantiles": tuple(float(q) for q in raw["size_quantiles"]),
+            "saturation_quantiles": _spread(spread, "saturation_quantiles") if spread is not None else None,
+        }
+    )
     if row.saturation_rps <= 0 or row.low_load_mean_ms <= 0 or len(row.size_quantiles) < 2:
         raise ValueError(f"type {row.type!r} has no usable numbers")
     return row
+
+
+def _served(raw: dict[str, Any], version: int) -> ServedCheck:
+    spreads = raw.get("saturation_quantiles") or {}
+    if version < 2 and spreads:
+        raise ValueError("served.saturation_quantiles in a version 1 file")
+    return ServedCheck(
+        **{**raw, "saturation_quantiles": {str(k): _spread(v, f"served.{k}") for k, v in dict(spreads).items()}}
+    )
 
 
 def load_measurements(path: Path, model: str | None = None) -> Measurements:

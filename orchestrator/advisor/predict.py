@@ -2,8 +2,12 @@
 
 Each instance becomes a FIFO server of the simulation: its service time is the inverse of its throughput at
 saturation, and the rest of its low-load latency is a delay outside the server (so a lone request takes what it was
-measured to take, and a saturated instance completes what it was measured to complete). In-process measurements are
-turned into served ones with the file's served check (or the assumed ratio, which the prediction then says).
+measured to take, and a saturated instance completes what it was measured to complete). A request served back to back
+(it found its server busy) draws its service time from the spread measured at saturation when the file has one
+(``Measurements.service_spread``: the served check's for the type, else the row's own), which is what a queue's tail
+rests on (``simulation``'s docstring says why); without one (a version 1 file) it is sized like a lone request.
+In-process measurements are turned into served ones with the file's served check (or the assumed ratio, which the
+prediction then says).
 
 A MIG profile that was not measured is *estimated* from a measured one of the same board, scaled by compute slices
 (throughput in proportion; latency no better than the measured slice's, and proportionally worse on a smaller
@@ -40,6 +44,8 @@ class InstanceModel:
     capacity: int
     quantiles: tuple[float, ...]
     basis: str = "measured"
+    queued_quantiles: tuple[float, ...] | None = None
+    spread_basis: str = "none measured: the low-load latencies"
 
     @property
     def estimated(self) -> bool:
@@ -48,7 +54,11 @@ class InstanceModel:
     def server(self, index: int) -> ServerSpec:
         service_s = 1.0 / self.rps
         return ServerSpec(
-            f"{self.type}#{index}", service_s, self.capacity, max(0.0, self.low_load_mean_ms / 1000 - service_s)
+            f"{self.type}#{index}",
+            service_s,
+            self.capacity,
+            max(0.0, self.low_load_mean_ms / 1000 - service_s),
+            self.queued_quantiles,
         )
 
 
@@ -93,7 +103,17 @@ def _served(row: TypeMeasurement, measurements: Measurements) -> tuple[float, fl
 def cpu_model(row: TypeMeasurement, measurements: Measurements) -> InstanceModel:
     """A CPU pool of the row's threads, with the planner's capacity for it."""
     rps, mean_ms, p99_ms = _served(row, measurements)
-    return InstanceModel(row.type, rps, mean_ms, p99_ms, REQUESTS_PER_THREAD * (row.threads or 1), row.size_quantiles)
+    spread, spread_basis = measurements.service_spread(row)
+    return InstanceModel(
+        row.type,
+        rps,
+        mean_ms,
+        p99_ms,
+        REQUESTS_PER_THREAD * (row.threads or 1),
+        row.size_quantiles,
+        queued_quantiles=spread,
+        spread_basis=spread_basis,
+    )
 
 
 def _scaled(
@@ -101,6 +121,7 @@ def _scaled(
 ) -> InstanceModel:
     rps, mean_ms, p99_ms = _served(row, measurements)
     slower = max(1.0, 1.0 / factor)
+    spread, spread_basis = measurements.service_spread(row)  # a spread over its mean: the same shape when scaled
     return InstanceModel(
         profile.name,
         rps * factor,
@@ -109,6 +130,8 @@ def _scaled(
         capacity_for_sms(profile.sm_count),
         row.size_quantiles,
         basis,
+        spread,
+        spread_basis if factor == 1.0 else f"{spread_basis} (of {row.type})",
     )
 
 

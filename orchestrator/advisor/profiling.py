@@ -7,6 +7,11 @@ instance, starting it costs 12-30 s per type, and the served path's cost (front 
 factor for the whole service, not per type. The optional served check measures that factor once: one ``up`` over
 the machine's pools, saturated and then probed at low load, against the sum of the in-process numbers. Without it the
 file says so and the advisor assumes the README's measured ratio (docs/advisor.md compares both with real runs).
+
+The served check also records, for each CPU type, the service-time spread at saturation as served: one ``up`` per
+type, saturated, its completions split by the instance that answered (``spread.departure_spread``). A queue's tail
+rests on that spread, and the served path is where a replica shares the CPU with the front door. A child that reports
+its own saturated completions (``saturation_done_s``, seconds) gets the same spread in-process, on its row.
 """
 
 from __future__ import annotations
@@ -19,17 +24,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from orchestrator.advisor.measurements import AdvisorError, Measurements, ServedCheck, TypeMeasurement
 from orchestrator.advisor.profile_child import measure_in_child
+from orchestrator.advisor.spread import departure_spread
 from orchestrator.advisor.workload import Workload
 from orchestrator.hardware.mig_profile_table import board_for
 from orchestrator.hardware.topology import Topology
 
+if TYPE_CHECKING:
+    from orchestrator.advisor.loadgen import LoadResult
+
 QUANTILES = 21
+# Requests of the served check's saturated run, at least: its departures are read for the spread at saturation, and
+# 21 quantiles want a few hundred service times (~30 s at 15 req/s).
+SPREAD_REQUESTS = 400
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,8 @@ def _row(kind: InstanceType, child: dict[str, Any], settings: ProfileSettings) -
     mean = statistics.fmean(low)
     n = len(low) - 1
     quantiles = tuple(low[round(n * q / (QUANTILES - 1))] / mean for q in range(QUANTILES))
+    done = child.get("saturation_done_s")  # in-process completions at saturation, when the child reports them
+    spread = departure_spread([(t, kind.label) for t in done], settings.clients) if done else None
     return TypeMeasurement(
         type=kind.label,
         kind=kind.kind,
@@ -114,6 +128,7 @@ def _row(kind: InstanceType, child: dict[str, Any], settings: ProfileSettings) -
         low_load_p99_ms=round(low[min(n, round(n * 0.99))] * 1000, 3),
         size_quantiles=quantiles,
         requests={"low_load": len(low), "saturation": settings.saturation, "clients": settings.clients},
+        saturation_quantiles=spread[0] if spread else None,
     )
 
 
@@ -181,37 +196,69 @@ def _model_facts(config: Path) -> tuple[str, int]:
     return loaded.model_name, loaded.footprint.gpu_memory_mb(2)
 
 
-def served_check(
-    measurements: Measurements, base_config: Path, workload: Workload, requests: int, clients: int
-) -> ServedCheck:
-    """Run ``up`` over as many pools of the first CPU type as the cores hold; compare saturation and low-load
-    latency with the in-process numbers. Only for CPU pools (GPU slices are served by the same code path)."""
+@dataclass(frozen=True)
+class _ServedRun:
+    pools: int
+    clients: int
+    saturated: LoadResult
+    low: LoadResult
+
+
+def _served_run(
+    row: TypeMeasurement, base: dict[str, Any], base_config: Path, bodies: list[list[str]], saturated: int, clients: int
+) -> _ServedRun:
+    """One ``up`` over as many pools of ``row``'s threads as the cores hold: warmed, saturated (at least two
+    requests waiting per pool), then, for the served ratio, one request at a time."""
     from orchestrator.advisor.loadgen import closed_loop, free_port, running_service
 
-    row = next((t for t in measurements.types if t.kind == "cpu"), None)
-    if row is None or row.threads is None:
-        raise AdvisorError("the served check runs on CPU pools only: no CPU pool was measured")
-    pools = max(1, (os.cpu_count() or 1) // row.threads)
-    base = yaml.safe_load(base_config.read_text()) or {}
-    kind = InstanceType("cpu", "cpu", None, row.threads)
-    config = type_config(base, base_config.parent, kind, pools)
+    threads = row.threads or 1
+    pools = max(1, (os.cpu_count() or 1) // threads)
+    config = type_config(base, base_config.parent, InstanceType("cpu", "cpu", None, threads), pools)
     port = free_port()
     config["server"] = {**(config.get("server") or {}), "port": port, "host": "127.0.0.1"}
     url = f"http://127.0.0.1:{port}"
-    bodies = workload.requests(requests + 20, seed=33)
+    clients = max(clients, 2 * pools)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "served.yaml"
         path.write_text(yaml.safe_dump(config))
         with running_service(path, url):
             closed_loop(url, bodies[:8], 2)  # warm every replica
-            saturated = closed_loop(url, bodies[:requests], clients)
-            low = closed_loop(url, bodies[: min(requests, 40)], 1)
-    ratio = saturated.throughput_rps / (pools * row.saturation_rps)
-    extra_ms = statistics.median(low.latencies_s) * 1000 - row.low_load_p50_ms
+            result = closed_loop(url, bodies[:saturated], clients)
+            low = closed_loop(url, bodies[: min(saturated, 40)], 1)
+    return _ServedRun(pools, clients, result, low)
+
+
+def served_check(
+    measurements: Measurements, base_config: Path, workload: Workload, requests: int, clients: int
+) -> ServedCheck:
+    """Run ``up`` over as many pools of each CPU type as the cores hold: the first type's saturation and low-load
+    latency against its in-process numbers give the served ratio; every type's saturated completions give its
+    service-time spread as served. Only for CPU pools (GPU slices are served by the same code path)."""
+    rows = [t for t in measurements.types if t.kind == "cpu" and t.threads is not None]
+    if not rows:
+        raise AdvisorError("the served check runs on CPU pools only: no CPU pool was measured")
+    base = yaml.safe_load(base_config.read_text()) or {}
+    saturated = max(requests, SPREAD_REQUESTS)
+    bodies = workload.requests(saturated + 20, seed=33)
+    runs = {row.type: _served_run(row, base, base_config, bodies, saturated, clients) for row in rows}
+    row, first = rows[0], runs[rows[0].type]
+    ratio = first.saturated.throughput_rps / (first.pools * row.saturation_rps)
+    extra_ms = statistics.median(first.low.latencies_s) * 1000 - row.low_load_p50_ms
+    spreads: dict[str, tuple[float, ...]] = {}
+    notes: list[str] = []
+    for name, run in runs.items():
+        spread = departure_spread(run.saturated.completions, run.clients)
+        if spread is not None:
+            spreads[name] = spread[0]
+        notes.append(
+            f"{name}: {run.pools} pool(s), {run.saturated.throughput_rps:.2f}/s served from {run.clients} clients, "
+            + (f"spread from {spread[1]} service times" if spread else "no spread (too few completions)")
+        )
     return ServedCheck(
         ratio=round(ratio, 3),
         extra_ms=round(max(extra_ms, 0.0), 2),
-        how=f"orchestrator up with {pools} pool(s) of {row.threads} thread(s): {requests} requests from {clients} "
-        f"clients ({saturated.throughput_rps:.2f}/s served vs {pools} x {row.saturation_rps:.2f}/s in-process), "
-        "then one at a time",
+        how=f"orchestrator up with {first.pools} pool(s) of {row.threads} thread(s): {saturated} requests from "
+        f"{first.clients} clients ({first.saturated.throughput_rps:.2f}/s served vs {first.pools} x "
+        f"{row.saturation_rps:.2f}/s in-process), then one at a time; at saturation per type: " + "; ".join(notes),
+        saturation_quantiles=spreads,
     )

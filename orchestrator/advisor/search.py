@@ -98,7 +98,7 @@ def advise(
         f"{board.model}: {len(layouts)} valid layouts per GPU (profile table and placement rules of mig plan)",
         *(
             f"{name}: {m.rps:,.1f} req/s at saturation, {m.low_load_mean_ms:,.1f} ms alone (p99 "
-            f"{m.low_load_p99_ms:,.1f}), {m.basis}"
+            f"{m.low_load_p99_ms:,.1f}), {m.basis}; service spread under load: {m.spread_basis}"
             for name, m in sorted(models.items(), key=lambda item: -item[1].rps)
         ),
         f"best one-GPU layout {by_capacity[0].name}: {best_per_gpu:,.1f} req/s, so at least {needed} GPU(s) for "

@@ -9,9 +9,24 @@ path, and at low load the batching efficiency the saturated service time does no
 study's servers, sizes and weights it gives the study's numbers exactly (tests/unit/test_advisor_simulation.py).
 
 Sizes: each request draws a size with mean 1 (log-normal with a cv, or the measured low-load latency distribution)
-and takes ``size x mean service`` on its server and ``size x delay`` outside. Completions follow the Lindley
-recursion (a FIFO request's finish time is known when it is routed); load reports are heap events. Deterministic per
-seed: arrivals, sizes and report phases have their own streams.
+and takes ``size x delay`` outside its server. On the server it takes ``size x mean service`` when it finds the server
+free. When it finds it busy and the server has a measured spread at saturation (``ServerSpec.queued_quantiles``), it
+takes ``mean service x`` a draw from that spread instead; without one, ``size x mean service`` as well.
+
+Why two service distributions (an M/G/1 queue with exceptional first service, Welch 1964): a request that finds its
+server free is served as a lone request is, which is what the low-load measurement times. A request that finds it busy
+starts the moment the one before it finishes, back to back, and back-to-back service is what the saturated
+measurement times: there the gap between two completions of an always-busy server is the service time (the departure
+process of a saturated queue is its service process, ``spread.py``), with the spread load brings (unequal batches,
+tokenising on the event loop, the front door's share of the CPU) that a lone request never meets. Both have the
+saturated mean, so capacity is unchanged; only the variance, which sets a queue's tail, comes from where it was
+measured. For one server with Poisson arrivals at rate ``lambda`` and utilisation ``rho`` the mean wait is then
+``lambda ((1 - rho) E[S0^2] + rho E[S^2]) / (2 (1 - rho))`` (S0 lone, S back to back; the Pollaczek-Khinchine
+formula when they are alike), which tests/unit/test_advisor_simulation.py checks.
+
+Completions follow the Lindley recursion (a FIFO request's finish time is known when it is routed); load reports are
+heap events. Deterministic per seed: arrivals, sizes, report phases and back-to-back service times have their own
+streams (so a run without a saturation spread draws exactly what it drew before there was one).
 """
 
 from __future__ import annotations
@@ -30,12 +45,17 @@ SizeSampler = Callable[[random.Random], Callable[[], float]]
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """One instance: mean service seconds (size 1), the balancer's capacity, and seconds outside per size 1."""
+    """One instance: mean service seconds (size 1), the balancer's capacity, and seconds outside per size 1.
+
+    ``queued_quantiles``: evenly spaced quantiles (over their mean) of the service time of a request served back to
+    back at saturation; None: such a request takes ``size x mean_service_s`` like a lone one.
+    """
 
     name: str
     mean_service_s: float
     capacity: float
     delay_s: float = 0.0
+    queued_quantiles: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,9 @@ class _Server:
         periods = max(1, round(params.load_window_s / params.stats_period_s))
         self._history: deque[float] = deque([0.0] * (periods + 1), maxlen=periods + 1)
 
+    def busy_at(self, t: float) -> bool:
+        return self._free_at > t
+
     def busy_until(self, t: float) -> float:
         return self._busy + max(0.0, min(t, self._free_at) - self._start)
 
@@ -163,6 +186,8 @@ def simulate(
     arrivals_rng = random.Random(seed * 7919 + 1)
     draw_size = sizes(random.Random(seed * 7919 + 2))
     phase_rng = random.Random(seed * 7919 + 3)
+    queued_rng = random.Random(seed * 7919 + 4)
+    draw_queued = [empirical_sizes(s.queued_quantiles)(queued_rng) if s.queued_quantiles else None for s in specs]
     period = params.stats_period_s
     phases = [phase_rng.uniform(0.0, period) for _ in servers]
     ticks = [(phases[i], i, 0) for i in range(len(servers))]
@@ -182,7 +207,9 @@ def simulate(
         server = _choose(servers, now, params.weights)
         arrivals[n] = now
         chosen[n] = server.key
-        finishes[n] = server.assign(now, size * server.spec.mean_service_s) + size * server.spec.delay_s
+        queued = draw_queued[server.key]
+        factor = queued() if queued is not None and server.busy_at(now) else size
+        finishes[n] = server.assign(now, factor * server.spec.mean_service_s) + size * server.spec.delay_s
 
     warm = min(int(requests * params.warmup_fraction), max(requests - 1, 0))
     latencies = sorted(finishes[n] - arrivals[n] for n in range(warm, requests))

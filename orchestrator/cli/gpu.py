@@ -17,6 +17,7 @@ from orchestrator.doctor import TORCH_MISSING, TORCH_NOT_CHECKED, Check, run_che
 from orchestrator.hardware.probe import probe_topology
 from orchestrator.planning.mig_layout import LayoutPlan, plan_layout
 from orchestrator.serving.ray_access import RayAccessError, cluster_access
+from orchestrator.serving.slice_claims import NodeOffer, offer_of_topology
 
 mig_app = typer.Typer(help="Partition GPUs with MIG to match the config.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -135,34 +136,51 @@ def _torch_cuda_build() -> str | None:
     return torch.version.cuda
 
 
-def ray_worker_command(address: str, extra: list[str]) -> list[str]:
-    """The ``ray start`` line that joins a node to the cluster at ``address`` (in the foreground)."""
-    return ["ray", "start", "--address", address, "--block", *extra]
+def ray_worker_command(address: str | None, extra: list[str], offer: NodeOffer | None = None) -> list[str]:
+    """The ``ray start`` line that joins a node to the cluster at ``address`` (None: starts the cluster's head), in
+    the foreground, offering the node's GPUs and MIG slices (``offer``) unless ``extra`` sets them itself."""
+    where = ["--head"] if address is None else ["--address", address]
+    given = {option for option in ("--num-gpus", "--resources") for arg in extra if arg.split("=")[0] == option}
+    offered = offer.ray_start_args(leave_out=given) if offer is not None else []
+    return ["ray", "start", *where, "--block", *offered, *extra]
 
 
 def worker_command(
-    address: Annotated[str, typer.Option(help="The head's Ray address, host:6379 (what `ray start --head` printed).")],
+    address: Annotated[
+        str | None,  # noqa: UP007
+        typer.Option(help="The head's Ray address, host:6379 (what `ray start --head` printed)."),
+    ] = None,
+    head: Annotated[
+        bool, typer.Option("--head", help="Start the cluster's head node here instead of joining one.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what this node offers and the command.")] = False,
     ray_args: Annotated[
         list[str] | None,  # noqa: UP007
         typer.Argument(help="Extra `ray start` options, after --, e.g. -- --num-cpus 8."),
     ] = None,
 ) -> None:
-    """Join this machine to a Ray cluster as a worker node, so `orchestrator up` on the head can use its slices.
+    """Join this machine to a Ray cluster as a worker node (or start the head with --head), so `orchestrator up`
+    on the head can use its slices.
 
-    Probes this node through NVML, prints its GPUs and MIG slices, then runs `ray start --address ADDRESS --block`.
+    Probes this node through NVML, prints its GPUs and MIG slices, then runs `ray start --address ADDRESS --block`
+    offering Ray each free MIG slice as a resource of its profile (`mig_1g.10gb`) and the GPUs with MIG off as GPUs.
     """
-    # Nothing else is needed for its slices to be used: `up` places each node's replicas with Ray's node-id label
-    # and pins them to their slice by MIG UUID itself. The machine needs the same environment as the head.
+    # `up` places each node's replicas with Ray's node-id label, claims each slice's resource (so a second service
+    # cannot book it twice) and pins each replica to its slice by MIG UUID itself. The machine needs the same
+    # environment as the head.
     from orchestrator.hardware.cluster_probe import NodeTopology, describe_node
 
+    if (address is None) == (not head):
+        raise fail("give the head's address (--address host:6379) to join a cluster, or --head to start one", 2)
     topology = probe_topology()
     if topology.gpu_note:
         console.print(f"[yellow]note:[/yellow] {topology.gpu_note.removesuffix('; serving on CPU pools.')}")
     for warning in topology.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    node = NodeTopology(node_id="", node_ip="this node", hostname=os.uname().nodename, is_head=False, topology=topology)
+    node = NodeTopology(node_id="", node_ip="this node", hostname=os.uname().nodename, is_head=head, topology=topology)
     console.print(describe_node(node, "this node"))
+    offer = offer_of_topology(topology)
+    console.print(f"offers Ray: {offer.describe()}")
     pending = [gpu.index for gpu in topology.gpus if gpu.mig_reset_pending]
     if pending:
         console.print(
@@ -174,7 +192,7 @@ def worker_command(
         raise fail(error.message, 2) from None
     for warning in access.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    command = ray_worker_command(address, list(ray_args or []))
+    command = ray_worker_command(None if head else address, list(ray_args or []), offer)
     console.print("$ " + shlex.join(command))
     if dry_run:
         return

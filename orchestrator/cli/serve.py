@@ -22,8 +22,11 @@ from orchestrator.cli.output import DEFAULT_CONFIG, ConfigOption, console, fail,
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.contracts.plan import Plan
+from orchestrator.frontdoor.worker_count import front_door_workers
+from orchestrator.search_route import search_settings
 from orchestrator.serving.control_plane import ControlPlaneWatch, SignalDeadline, adopt_orphans, kill_descendants
 from orchestrator.serving.ray_access import RayAccessError
+from orchestrator.serving.slice_claims import offer_of_plan
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
@@ -132,7 +135,11 @@ def up_command(
     finally:
         deadline.disarm()
     server = loaded.config.server
-    console.print(f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)")
+    processes = "" if front.workers is None else f", {len(front.workers.pids()) + 1} front-door processes"
+    console.print(
+        f"[green]Ready[/green] in {time.monotonic() - started:.1f} s: {len(placement.instances)} instance(s)"
+        + processes
+    )
     url = f"http://{server.host}:{server.port}"
     routes = (
         "POST /v1/rerank, POST /rerank, GET /v1/models, GET /health"
@@ -146,6 +153,10 @@ def up_command(
     else:
         console.print(f"Serving {loaded.model_name} at {url}  ({routes})")
     console.print(f"Dashboard: {url}/dashboard   Prometheus metrics: {url}/metrics   Instances: orchestrator status")
+    search = search_settings(loaded)  # validated by steps.load: cannot fail here
+    if search is not None:
+        where = getattr(search.store, "path", None) or f"pgvector table {search.store.table}"
+        console.print(f"Search: POST {url}/v1/search over {where}")
     console.print("Press Ctrl-C to stop.")
     from orchestrator.serving import deploy
 
@@ -172,7 +183,9 @@ def _start(config: Path, port: int | None, timeout_s: float) -> tuple[FrontDoorS
 
     try:
         with console.status("Starting Ray...") as status:
-            for message in deploy.start_ray(loaded):
+            # An embedded Ray offers what this machine's plan claims (its MIG slices and GPUs; slice_claims.py).
+            offer = offer_of_plan(placement.instances) if placement is not None else None
+            for message in deploy.start_ray(loaded, offer=offer):
                 warn(message)
             if placement is None:
                 status.update("Probing every node of the cluster...")
@@ -184,7 +197,11 @@ def _start(config: Path, port: int | None, timeout_s: float) -> tuple[FrontDoorS
             status.update(f"Loading {loaded.model_name} on {len(placement.instances)} instance(s)...")
             lane_token = deploy.deploy(loaded, placement, timeout_s=timeout_s, on_progress=progress)
             status.update("Connecting the front door to every instance...")
-            deploy.attach_front_door(front, loaded, placement, lane_token)
+            server = loaded.config.server
+            workers = front_door_workers(server.front_door_workers, placement, server.transport)
+            if workers > 1:
+                status.update(f"Connecting {workers} front-door processes to every instance...")
+            deploy.attach_front_door(front, loaded, placement, lane_token, workers=workers)
     except (PlanError, RayAccessError) as error:  # the cluster cannot hold the config or be joined: nothing deployed
         _abort(front)
         raise fail(error.message, 2) from None

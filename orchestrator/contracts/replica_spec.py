@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.contracts.catalogue import ModelCatalogue, ModelEntry
-from orchestrator.contracts.plan import Plan
+from orchestrator.contracts.errors import PlanError
+from orchestrator.contracts.plan import Plan, PlannedInstance
 
 
 def _from(section: str, **default: Any) -> Any:
@@ -55,6 +56,17 @@ class ReplicaSpec:
     aliases: tuple[str, ...] = ()  # other names this model answers to
     serves_model: str | None = None  # the model of this deployment's instances (None: every instance of the node)
     catalogue: ModelCatalogue | None = None  # every model behind the endpoint (None: this one only)
+    # The plan ranks of the deployment's instances, in the order of its replicas (one deployment per node, model and
+    # device claim); empty: every instance of the node (and of ``serves_model``), as a spec built outside Serve has.
+    instance_ranks: tuple[int, ...] = ()
+
+    def instance_for_rank(self, rank: int) -> PlannedInstance:
+        """The instance the replica of ``rank`` in this deployment serves; raises PlanError for an unknown rank."""
+        if not self.instance_ranks:
+            return self.plan.instance_for_node_rank(self.node_id, rank, self.serves_model)
+        if not 0 <= rank < len(self.instance_ranks):
+            raise PlanError(f"replica rank {rank} has no planned instance (its deployment has {self.instance_ranks})")
+        return self.plan.instance_for_rank(self.instance_ranks[rank])
 
     def models(self) -> ModelCatalogue:
         """The endpoint's models: the catalogue, or this model alone."""
@@ -75,6 +87,7 @@ class ReplicaSpec:
         lane_token: str | None,
         serves_model: str | None = None,
         catalogue: ModelCatalogue | None = None,
+        instance_ranks: tuple[int, ...] = (),
     ) -> ReplicaSpec:
         """The spec of ``node_id``'s replicas (of ``serves_model``'s deployment, with several models); ``sections``
         maps ``model`` (that model's) and ``server`` to the config's sections."""
@@ -97,5 +110,6 @@ class ReplicaSpec:
             aliases=aliases,
             serves_model=serves_model,
             catalogue=catalogue,
+            instance_ranks=instance_ranks,
             **settings,
         )

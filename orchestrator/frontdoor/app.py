@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -45,6 +44,7 @@ from orchestrator.contracts.forwarding import (
     Forwarder,
     error_response,
 )
+from orchestrator.frontdoor.stats import FrontDoorStats
 from orchestrator.instances_view import with_front_door
 
 logger = logging.getLogger(__name__)
@@ -63,19 +63,6 @@ METRICS_PATH = "/metrics"
 INSTANCES_PATH = "/instances"
 
 
-@dataclass
-class FrontDoorStats:
-    """Counters the front door adds to ``/metrics``."""
-
-    requests: int = 0
-    retried: int = 0
-    instance_losses: int = 0
-    failed_unavailable: int = 0
-    timed_out: int = 0
-    cancelled: int = 0
-    failed_internal: int = 0
-
-
 class FrontDoor:
     """ASGI app forwarding every HTTP request to one replica (see the module docstring for what it adds)."""
 
@@ -87,6 +74,7 @@ class FrontDoor:
         retries: int = RETRIES_ON_LOST_INSTANCE,
         deadline_grace_s: float = DEADLINE_GRACE_S,
         client_timeout_s: float | None = None,
+        stats: FrontDoorStats | None = None,
     ) -> None:
         self._max_request_bytes = max_request_bytes
         self._client_timeout_s = client_timeout_s
@@ -97,7 +85,7 @@ class FrontDoor:
         self._on_close: Callable[[], Awaitable[None]] | None = None
         self._control_plane: Callable[[], str | None] | None = None
         self._mounted: list[tuple[str, AsgiApp]] = []
-        self.stats = FrontDoorStats()
+        self.stats = stats if stats is not None else FrontDoorStats()  # a row of the workers' shared table
 
     def mount(self, prefix: str, app: AsgiApp) -> None:
         """Answer every request whose path is ``prefix`` or below it (``prefix + "/..."``) with ``app`` (an ASGI
@@ -113,6 +101,16 @@ class FrontDoor:
             if path == prefix or path.startswith(prefix + "/"):
                 return prefix, app
         return None
+
+    def use_stats(self, stats: FrontDoorStats) -> None:
+        """Count into ``stats`` from now on (row 0 of the workers' shared table), carrying over what was counted."""
+        for field in COUNTER_METRICS.values():
+            setattr(stats, field, getattr(stats, field) + getattr(self.stats, field))
+        self.stats = stats
+
+    def control_plane_problem(self) -> str | None:
+        """What ``/health`` reports about Ray's control plane: None while it answers (or nobody watches it)."""
+        return self._control_plane() if self._control_plane is not None else None
 
     def watch_control_plane(self, problem: Callable[[], str | None]) -> None:
         """``/health`` reports ``problem()``: ``control_plane: ok``, or 503 with the problem once Ray's control
@@ -228,7 +226,7 @@ class FrontDoor:
         """Readiness on ``/health``; the front door's series on ``/metrics``, its counters and readiness on
         ``/instances`` (so the dashboard shows retries, and a lost instance the moment its lane breaks)."""
         if path == HEALTH_PATH and self._readiness is not None:
-            problem = self._control_plane() if self._control_plane is not None else None
+            problem = self.control_plane_problem()
             response = _with_readiness(response, *self._readiness())
             if self._control_plane is not None:
                 response = _with_control_plane(response, problem)
@@ -240,17 +238,10 @@ class FrontDoor:
         return response
 
     def counters(self) -> dict[str, int]:
-        """The front door's counters by their ``/metrics`` name (without prefix and ``_total``)."""
-        stats = self.stats
-        return {
-            "requests": stats.requests,
-            "retries": stats.retried,
-            "instance_losses": stats.instance_losses,
-            "unavailable": stats.failed_unavailable,
-            "timeouts": stats.timed_out,
-            "cancelled": stats.cancelled,
-            "internal_errors": stats.failed_internal,
-        }
+        """The front door's counters by their ``/metrics`` name (without prefix and ``_total``), summed over every
+        front-door worker."""
+        totals = self.stats.totals()
+        return {metric: totals[field] for metric, field in COUNTER_METRICS.items()}
 
     def _with_front_door_view(self, response: ForwardedResponse) -> ForwardedResponse:
         try:
@@ -260,7 +251,13 @@ class FrontDoor:
         if not isinstance(view, dict):
             return response
         readiness = self._readiness() if self._readiness is not None and self._forwarder is not None else None
-        return _replace_body(response, orjson.dumps(with_front_door(view, self.counters(), readiness)))
+        decorated = with_front_door(view, self.counters(), readiness)
+        workers = self.stats.workers()
+        if len(workers) > 1:
+            decorated["front_door"]["workers"] = [
+                {"worker": w["worker"], "pid": w["pid"], "requests": w["requests"]} for w in workers
+            ]
+        return _replace_body(response, orjson.dumps(decorated))
 
     def prometheus_text(self) -> str:
         """The front door's own series, in Prometheus' text format."""
@@ -273,6 +270,11 @@ class FrontDoor:
         for name, value in (("instances_ready", ready), ("instances_planned", planned)):
             family, help_text = f"orchestrator_{name}", FRONT_DOOR_GAUGES[name]
             lines += [f"# HELP {family} {help_text}", f"# TYPE {family} gauge", f"{family} {float(value)}"]
+        workers = self.stats.workers()
+        if len(workers) > 1:  # how the port's requests spread over the front-door processes
+            family = "orchestrator_front_door_worker_requests_total"
+            lines += [f"# HELP {family} {WORKER_REQUESTS_HELP}", f"# TYPE {family} counter"]
+            lines += [f'{family}{{worker="{w["worker"]}"}} {float(w["requests"])}' for w in workers]
         return "\n".join(lines) + "\n"
 
 
@@ -286,13 +288,25 @@ FRONT_DOOR_COUNTERS = {
     "internal_errors": "Requests answered 500: forwarding failed unexpectedly.",
 }
 FRONT_DOOR_GAUGES = {"instances_ready": "Instances running now.", "instances_planned": "Instances in the plan."}
+COUNTER_METRICS = {  # /metrics name -> FrontDoorStats field
+    "requests": "requests",
+    "retries": "retried",
+    "instance_losses": "instance_losses",
+    "unavailable": "failed_unavailable",
+    "timeouts": "timed_out",
+    "cancelled": "cancelled",
+    "internal_errors": "failed_internal",
+}
+WORKER_REQUESTS_HELP = "Requests each front-door worker process forwarded (server.front_door_workers)."
 
 
 def front_door_metric_names() -> set[str]:
     """Every sample name the front door adds to ``/metrics``."""
-    return {f"orchestrator_front_door_{name}_total" for name in FRONT_DOOR_COUNTERS} | {
-        f"orchestrator_{name}" for name in FRONT_DOOR_GAUGES
-    }
+    return (
+        {f"orchestrator_front_door_{name}_total" for name in FRONT_DOOR_COUNTERS}
+        | {f"orchestrator_{name}" for name in FRONT_DOOR_GAUGES}
+        | {"orchestrator_front_door_worker_requests_total"}
+    )
 
 
 class _ClientGone(Exception):

@@ -14,13 +14,17 @@ import errno
 import logging
 import socket
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from orchestrator.config import LoadedConfig
 from orchestrator.contracts.errors import PortBusy
 from orchestrator.frontdoor.app import FrontDoor
 from orchestrator.frontdoor.edge import EdgeLimits, protocol_factory, rate_limited_exception_handler
+from orchestrator.frontdoor.stats import FrontDoorStats
+
+if TYPE_CHECKING:
+    from orchestrator.frontdoor.workers import FrontDoorWorkers
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -48,27 +52,23 @@ class FrontDoorServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listening_socket: socket.socket | None = None
+        self.workers: FrontDoorWorkers | None = None  # the other front-door processes, once started
 
-    def start(self) -> None:
-        """Bind the port (raises PortBusy) and start serving in the background."""
+    def start(
+        self,
+        listening: socket.socket | None = None,
+        before_serving: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Bind the port (raises PortBusy) and start serving in the background.
+
+        A front-door worker passes the ``up`` process's ``listening`` socket instead (inherited: the processes take
+        turns accepting on it) and ``before_serving``, run on the server's loop before the first accept (it opens
+        the worker's lanes, so the worker never answers "starting").
+        """
         import uvicorn
 
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
-        # keep-alive client waits for a delayed ACK (40 ms) on every answer written in two parts (headers, body).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self._host, self._port))
-        except OSError as error:
-            sock.close()
-            where = f"{self._host}:{self._port}"
-            if error.errno == errno.EADDRINUSE:
-                raise PortBusy(f"{where} is already in use: stop what holds it, or pass --port N") from None
-            raise PortBusy(f"cannot listen on {where} ({error.strerror}): check server.host or --port") from None
-        sock.listen(2048)
+        sock = listening if listening is not None else self._bind()
         self.listening_socket = sock
-        sock.set_inheritable(True)
         limits = within_open_file_limit(self._limits)
         config = uvicorn.Config(
             self.front_door,
@@ -87,14 +87,37 @@ class FrontDoorServer:
             self._loop = asyncio.get_running_loop()
             self._loop.set_exception_handler(rate_limited_exception_handler)
             try:
+                if before_serving is not None:
+                    await before_serving()
                 await server.serve(sockets=[sock])
             finally:
+                if self.workers is not None:  # they forward to the replicas too: Serve stops after them
+                    await asyncio.to_thread(self.workers.wait, self._grace_s + 5.0)
                 await self.front_door.aclose()
 
         self._thread = threading.Thread(target=lambda: asyncio.run(serve_then_close()), name="front-door", daemon=True)
         self._thread.start()
         while not server.started and self._thread.is_alive():
             threading.Event().wait(0.01)
+
+    def _bind(self) -> socket.socket:
+        """The listening socket on ``host:port``; raises PortBusy."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+        # keep-alive client waits for a delayed ACK (40 ms) on every answer written in two parts (headers, body).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self._host, self._port))
+        except OSError as error:
+            sock.close()
+            where = f"{self._host}:{self._port}"
+            if error.errno == errno.EADDRINUSE:
+                raise PortBusy(f"{where} is already in use: stop what holds it, or pass --port N") from None
+            raise PortBusy(f"cannot listen on {where} ({error.strerror}): check server.host or --port") from None
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
 
     def run_on_loop(self, coroutine: Coroutine[Any, Any, T], timeout_s: float) -> T:
         """Run ``coroutine`` on the server's event loop (where forwarders must live) and return its result."""
@@ -108,6 +131,8 @@ class FrontDoorServer:
         on the server's loop, and join the thread."""
         if self._server is None or self._thread is None:
             return
+        if self.workers is not None:
+            self.workers.stop()
         self._server.should_exit = True
         self._thread.join(self._grace_s + 30.0)  # + the on-close step (Serve's drain)
 
@@ -138,9 +163,15 @@ def within_open_file_limit(limits: EdgeLimits) -> EdgeLimits:
     return dataclasses.replace(limits, max_connections=ceiling)
 
 
-def front_door_server_for(loaded: LoadedConfig) -> FrontDoorServer:
-    """The front door configured by ``server.*`` (not started)."""
+def front_door_server_for(
+    loaded: LoadedConfig, stats: FrontDoorStats | None = None, workers: int = 1
+) -> FrontDoorServer:
+    """The front door configured by ``server.*`` (not started); one of ``workers`` front-door processes, counting
+    into ``stats`` (its row of their shared table), holding its share of ``server.max_connections``."""
     server = loaded.config.server
-    front_door = FrontDoor(server.max_request_bytes, server.request_timeout_s, client_timeout_s=server.client_timeout_s)
-    limits = EdgeLimits(server.max_header_bytes, server.client_timeout_s, server.max_connections)
+    front_door = FrontDoor(
+        server.max_request_bytes, server.request_timeout_s, client_timeout_s=server.client_timeout_s, stats=stats
+    )
+    connections = max(server.max_connections // workers, 1)
+    limits = EdgeLimits(server.max_header_bytes, server.client_timeout_s, connections)
     return FrontDoorServer(front_door, server.host, server.port, limits)

@@ -14,17 +14,26 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.config import LoadedConfig
-from orchestrator.contracts.errors import DeployError
-from orchestrator.contracts.plan import Plan
+from orchestrator.contracts.errors import DeployError, PlanError
+from orchestrator.contracts.plan import Plan, PlannedInstance, instances_by_node
 from orchestrator.contracts.replica_spec import ReplicaSpec
-from orchestrator.serving.apps import APP_NAME, DEPLOYMENT_NAME, app_name_for, catalogue_of, deployment_groups
-from orchestrator.serving.forwarders import open_forwarder
+from orchestrator.serving.apps import (
+    APP_NAME,
+    DEPLOYMENT_NAME,
+    app_name_for,
+    app_name_of,
+    catalogue_of,
+    deployment_groups,
+)
+from orchestrator.serving.forwarders import hub_registry, open_forwarder
 from orchestrator.serving.ray_access import cluster_access, embedded_access, refresh_ray_config
+from orchestrator.serving.slice_claims import NodeOffer, claim_of, needed, shortfalls
 
 # Re-exported: callers know these by deploy's name.
 __all__ = ["APP_NAME", "DEPLOYMENT_NAME", "app_name_for", "open_forwarder"]
@@ -58,12 +67,13 @@ class ServeTuning:
     routing_stats_period_s: float = 0.5
 
 
-def start_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, ...]:
+def start_ray(loaded: LoadedConfig, num_cpus: int | None = None, offer: NodeOffer | None = None) -> tuple[str, ...]:
     """Start an embedded Ray (or join ``ray.address``) and Serve, without Serve's HTTP proxy (the front door serves).
 
+    An embedded Ray offers ``offer`` (the GPUs and MIG slices its plan claims: ``slice_claims.offer_of_plan``).
     Returns warnings for the operator; raises RayAccessError when a cluster cannot be joined with a token.
     """
-    warnings = connect_ray(loaded, num_cpus)
+    warnings = connect_ray(loaded, num_cpus, offer)
     from ray import serve
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's INFO lines would bury our table
@@ -80,9 +90,9 @@ def disconnect_ray() -> None:
         _within(SHUTDOWN_TIMEOUT_S, ray.shutdown, "Ray's shutdown")
 
 
-def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str, ...]:
-    """Start an embedded Ray or join ``ray.address`` (no Serve); returns warnings for the operator and raises
-    RayAccessError when a cluster cannot be joined with a token."""
+def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None, offer: NodeOffer | None = None) -> tuple[str, ...]:
+    """Start an embedded Ray offering ``offer`` (None: what Ray detects) or join ``ray.address`` (no Serve); returns
+    warnings for the operator and raises RayAccessError when a cluster cannot be joined with a token."""
     ray_config = loaded.config.ray
     secret_env = (loaded.config.server.api_key_env or "",)
     choose_access = cluster_access if ray_config.address else embedded_access
@@ -109,6 +119,7 @@ def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str,
             os.environ.setdefault("RAY_enable_metrics_collection", "0")
             ray.init(
                 num_cpus=num_cpus,
+                **(offer.ray_init_kwargs() if offer is not None else {}),
                 include_dashboard=False,
                 object_store_memory=ray_config.object_store_memory_mb * 1024 * 1024,
                 logging_level=logging.WARNING,
@@ -117,18 +128,22 @@ def connect_ray(loaded: LoadedConfig, num_cpus: int | None = None) -> tuple[str,
     return access.warnings
 
 
-def actor_options(plan: Plan, node_id: str | None = None, model: str | None = None) -> dict[str, object]:
-    """Ray options shared by all replicas of the plan.
+def actor_options(instances: Sequence[PlannedInstance], node_id: str | None = None) -> dict[str, object]:
+    """Ray options of one deployment's replicas (its instances share a node, a model and a device claim).
 
-    Replicas ask Ray for no CPU and no GPU: CPU pools are pinned by affinity and GPU replicas by
-    CUDA_VISIBLE_DEVICES set to their MIG or GPU UUID in the replica itself, because Ray counts only physical GPUs
-    and knows nothing of MIG. Ray is told not to overwrite CUDA_VISIBLE_DEVICES.
+    Replicas ask Ray for no CPU: CPU pools are pinned by affinity. A replica on a MIG slice claims its profile's
+    resource and one on whole GPUs ``num_gpus`` (``slice_claims``), so nothing else booked on Ray can take them;
+    which device it uses is still the plan's, set as CUDA_VISIBLE_DEVICES (its MIG or GPU UUID) in the replica
+    itself, and Ray is told not to overwrite CUDA_VISIBLE_DEVICES with the GPU ids it assigned.
     """
-    instances = plan.instances_on_node(node_id, model)
+    claims = {claim_of(instance) for instance in instances}
+    if len(claims) != 1:
+        raise ValueError(f"one deployment's instances must share one device claim, not {sorted(map(str, claims))}")
+    claim = claims.pop()
     env_vars = dict(SERVE_ENV)  # replicas on other nodes do not inherit this driver's environment
-    if any(instance.gpu is not None for instance in instances):
+    if claim.key is not None:
         env_vars["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
-    options: dict[str, object] = {"num_cpus": 0, "runtime_env": {"env_vars": env_vars}}
+    options: dict[str, object] = {"num_cpus": 0, **claim.ray_options(), "runtime_env": {"env_vars": env_vars}}
     if node_id is not None:
         # Every Ray node carries its id as this label: the node's replicas can only start where its slices are.
         options["label_selector"] = {NODE_ID_LABEL: node_id}
@@ -138,15 +153,15 @@ def actor_options(plan: Plan, node_id: str | None = None, model: str | None = No
 def build_application(  # noqa: ANN201
     loaded: LoadedConfig,
     plan: Plan,
+    instances: tuple[PlannedInstance, ...],
     tuning: ServeTuning = ServeTuning(),
-    node_id: str | None = None,
     lane_token: str | None = None,
     model: str | None = None,
 ):
-    """The Serve application of one node (None: this machine) and, with several models, one model (its served
-    name): one deployment, one replica per planned instance of that node (and model); with ``lane_token`` each
-    replica opens a direct lane (the front door balances), without it Serve handles route through our balancer
-    (``orchestrator/serving/router.py``)."""
+    """The Serve application of one deployment group (``deployment_groups``: the instances of one node, model and
+    device claim), one replica per instance; ``model`` is the served name with several models (None: the plan's
+    one). With ``lane_token`` each replica opens a direct lane (the front door balances), without it Serve handles
+    route through our balancer (``orchestrator/serving/router.py``)."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -155,6 +170,7 @@ def build_application(  # noqa: ANN201
     config = loaded.config
     served = {m.name: m for m in loaded.served()}
     this = served[model] if model is not None else loaded.served()[0]
+    node_id = instances[0].node_id
     spec = ReplicaSpec.from_config(
         plan,
         node_id,
@@ -165,10 +181,10 @@ def build_application(  # noqa: ANN201
         lane_token=lane_token,
         serves_model=model,
         catalogue=catalogue_of(loaded),
+        instance_ranks=tuple(instance.rank for instance in instances),
     )
     # Serve's own per-replica cap stays above the replica's text queue, so overload is answered by the batcher
     # with 429 instead of waiting in the router.
-    instances = plan.instances_on_node(node_id, model)
     max_ongoing = max(max(i.max_queued_texts for i in instances), 16)
     routing: dict[str, Any] = {}
     if lane_token is None:
@@ -182,7 +198,7 @@ def build_application(  # noqa: ANN201
         name=DEPLOYMENT_NAME,
         num_replicas=len(instances),
         max_ongoing_requests=max_ongoing,
-        ray_actor_options=actor_options(plan, node_id, model),
+        ray_actor_options=actor_options(instances, node_id),
         health_check_period_s=tuning.health_check_period_s,
         graceful_shutdown_wait_loop_s=tuning.graceful_shutdown_wait_loop_s,
         graceful_shutdown_timeout_s=tuning.graceful_shutdown_timeout_s,
@@ -208,34 +224,69 @@ def deploy(
     from orchestrator.serving.metrics_hub import start_hub
 
     lane_token = secrets.token_urlsafe(24) if loaded.config.server.transport == "direct" else None
-    start_hub()  # before the replicas, which look it up when they start
     groups = deployment_groups(plan)
-    for (node_id, model), instances in groups.items():
-        app = build_application(loaded, plan, tuning, node_id, lane_token, model)
-        name = app_name_for(node_id, instances[0].node_ip, model)
+    problems = claim_shortfalls(plan)
+    if problems:  # the cluster cannot hold the plan now: a plan error (nothing deployed), not a failed deploy
+        raise PlanError("; ".join(problems))
+    start_hub()  # before the replicas, which look it up when they start
+    for key, instances in groups.items():
+        app = build_application(loaded, plan, instances, tuning, lane_token, key[1])
+        name = app_name_of(key, instances)
         try:
             serve.run(app, name=name, route_prefix=None, blocking=False)
         except RuntimeError as error:  # Serve's "Failed to update the deployments": the reason is in its status
             raise DeployError(
                 f"deployment {name} failed: {failure_reason(_status_message(name) or str(error))}"
             ) from None
-    wait_until_running(
-        {
-            app_name_for(node, instances[0].node_ip, model): len(instances)
-            for (node, model), instances in groups.items()
-        },
-        timeout_s,
-        on_progress,
-    )
+    expected = {app_name_of(key, instances): len(instances) for key, instances in groups.items()}
+    wait_until_running(expected, timeout_s, on_progress)
     return lane_token
 
 
+def claim_shortfalls(plan: Plan) -> list[str]:
+    """What Ray cannot give the plan's replicas (``slice_claims.shortfalls``), read before deploying: a claim Ray
+    cannot meet would leave its replica pending until the deploy timeout, with no reason given."""
+    import ray._private.state as ray_state
+
+    wanted: dict[str, Counter[str]] = {}
+    for node_id, instances in instances_by_node(plan).items():
+        amounts = needed(instances)
+        if amounts:
+            wanted[_node_key(node_id)] = amounts
+    if not wanted:
+        return []
+    names = {_node_key(i.node_id): i.node_ip or "this machine" for i in plan.instances}
+    return shortfalls(wanted, ray_state.total_resources_per_node(), ray_state.available_resources_per_node(), names)
+
+
+def _node_key(node_id: str | None) -> str:
+    """Ray's id of a plan's node (None: the node this process runs on)."""
+    if node_id is not None:
+        return node_id
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def attach_front_door(
-    front: FrontDoorServer, loaded: LoadedConfig, plan: Plan, lane_token: str | None, wait_s: float = 30.0
+    front: FrontDoorServer,
+    loaded: LoadedConfig,
+    plan: Plan,
+    lane_token: str | None,
+    wait_s: float = 30.0,
+    workers: int = 1,
 ) -> None:
     """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
-    lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded)."""
-    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights(), catalogue_of(loaded))
+    lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded). With ``workers`` above
+    1 (direct lanes only), start the other front-door processes once this one forwards."""
+    from orchestrator.frontdoor.workers import prepare_workers
+
+    pool = None
+    discover = None
+    if workers > 1 and lane_token is not None:
+        pool = prepare_workers(front, loaded, plan, lane_token, workers, wait_s)
+        discover = pool.publishing(hub_registry())  # the workers learn the registry as this process reads it
+    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights(), catalogue_of(loaded), discover)
 
     async def close() -> None:
         # On the front door's loop, once it takes no more requests: the transport closes what it opened (lanes,
@@ -246,6 +297,9 @@ def attach_front_door(
 
     front.front_door.attach(forwarder, forwarder.readiness, close)
     front.run_on_loop(forwarder.start(wait_s), timeout_s=wait_s + 5.0)
+    if pool is not None:
+        front.workers = pool
+        pool.start(workers)
 
 
 def wait_until_running(

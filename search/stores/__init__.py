@@ -6,8 +6,18 @@ driver is imported only by its own module, so a LanceDB user never needs psycopg
 
 from __future__ import annotations
 
+import importlib.util
+
 from search.settings import LanceStoreSettings, SearchSettings
 from search.stores.base import VectorStore
+
+DRIVERS = {"lancedb": ("lancedb",), "pgvector": ("psycopg", "pgvector")}  # what each store's module imports
+
+
+def missing_driver(settings: SearchSettings) -> str | None:
+    """The first package the settings' store needs that is not installed (the search extra's), or None; imports
+    nothing, so a service can check before its first query opens the store."""
+    return next((name for name in DRIVERS[settings.store.kind] if importlib.util.find_spec(name) is None), None)
 
 
 def open_store(settings: SearchSettings) -> VectorStore:

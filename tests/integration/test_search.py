@@ -312,4 +312,4 @@ def test_a_store_of_another_model_refuses(service: str, tmp_path: Path) -> None:
             return await client.post("/v1/search", json={"query": "anything"})
 
     answer = asyncio.run(ask())
-    assert answer.status_code == 409 and answer.json()["error"]["type"] == "ModelMismatch"
+    assert answer.status_code == 409 and answer.json()["error"]["code"] == "ModelMismatch"

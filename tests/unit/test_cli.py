@@ -123,7 +123,26 @@ def test_worker_dry_run_shows_the_nodes_slices_and_the_ray_command(monkeypatch) 
     result = runner.invoke(app, ["worker", "--address", "10.0.0.1:6379", "--dry-run", "--", "--num-cpus", "8"])
     assert result.exit_code == 0, result.output
     assert "MIG 3g.40gb, 2g.20gb, 1g.10gb x2" in result.output
-    assert "$ ray start --address 10.0.0.1:6379 --block --num-cpus 8" in result.output
+    # Each free slice becomes a Ray resource of its profile; the GPU with MIG on is no whole GPU to Ray.
+    assert "offers Ray: GPU 0, mig_1g.10gb 2, mig_2g.20gb 1, mig_3g.40gb 1" in result.output
+    resources = """'{"mig_1g.10gb":2,"mig_2g.20gb":1,"mig_3g.40gb":1}'"""
+    assert (
+        f"$ ray start --address 10.0.0.1:6379 --block --num-gpus 0 --resources {resources} --num-cpus 8"
+        in result.output
+    )
+
+
+def test_worker_head_and_the_operators_own_resources(monkeypatch) -> None:
+    from tests.fake_nvml import install_fake_nvml
+
+    install_fake_nvml(monkeypatch, "a100_80gb_mixed")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-clusters-token")
+    result = runner.invoke(app, ["worker", "--head", "--dry-run", "--", "--resources={}", "--num-gpus=1"])
+    assert result.exit_code == 0, result.output
+    # What the operator passes is theirs: ours is left out rather than given twice (ray start would refuse).
+    assert "$ ray start --head --block '--resources={}' --num-gpus=1\n" in result.output
+    neither = runner.invoke(app, ["worker", "--dry-run"])
+    assert neither.exit_code == 2 and "--address host:6379" in neither.output and "--head" in neither.output
 
 
 def test_worker_on_a_node_without_nvidia_driver_says_so(monkeypatch) -> None:

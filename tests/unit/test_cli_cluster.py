@@ -89,7 +89,7 @@ def test_up_plans_once_over_the_cluster_not_first_on_the_head(
         deployed.append([instance.node_ip for instance in placement.instances])
         raise deploy.DeployError("stopped by the test after planning")
 
-    monkeypatch.setattr(deploy, "start_ray", lambda loaded, num_cpus=None: calls.append("join") or ())
+    monkeypatch.setattr(deploy, "start_ray", lambda loaded, num_cpus=None, offer=None: calls.append("join") or ())
     monkeypatch.setattr(deploy, "deploy", stop_after_planning)
     monkeypatch.setattr(deploy, "shutdown", lambda *a, **k: calls.append("shutdown"))
     import orchestrator.steps

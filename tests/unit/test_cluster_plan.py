@@ -324,21 +324,34 @@ def test_each_node_gets_its_own_application_pinned_to_it(cluster: list[NodeTopol
     """What the deploy step makes of a cluster plan: one Serve application per node, its replicas held to that node
     by Ray's node-id label, and a front door spreading requests over the nodes by capacity."""
     from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
+    from orchestrator.serving.apps import app_name_of, deployment_groups
     from orchestrator.serving.deploy import NODE_ID_LABEL, actor_options, app_name_for, open_forwarder
 
     placement = plan_cluster(config("1g.20gb", "3g.40gb", "3g.40gb", "2g.20gb"), cluster, MINILM)
     nodes = ("id-10.0.0.1", "id-10.0.0.2")
-    for node_id in nodes:
-        options = actor_options(placement, node_id)
+    groups = deployment_groups(placement)
+    # One deployment per node and MIG profile: Serve gives a deployment's replicas one set of Ray resources.
+    assert {(node, claim): len(group) for (node, _, claim), group in groups.items()} == {
+        ("id-10.0.0.1", "3g.40gb"): 1,
+        ("id-10.0.0.1", "2g.20gb"): 1,
+        ("id-10.0.0.2", "1g.20gb"): 1,
+        ("id-10.0.0.2", "3g.40gb"): 1,
+    }
+    for (node_id, _, claim), group in groups.items():
+        options = actor_options(group, node_id)
         assert options["label_selector"] == {NODE_ID_LABEL: node_id}
+        assert options["resources"] == {f"mig_{claim}": 1}
         assert options["runtime_env"]["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] == "1"
-    names = {app_name_for(node_id, node_id[3:]) for node_id in nodes}
-    assert len(names) == 2 and app_name_for(None, None) == "embeddings"
+    with pytest.raises(ValueError, match="one device claim"):
+        actor_options(placement.instances_on_node(nodes[0]), nodes[0])
+    names = {app_name_of(key, group) for key, group in groups.items()}
+    assert len(names) == 4 and app_name_for(None, None) == "embeddings"
+    assert app_name_for(None, None, None, "1g.10gb") == "embeddings-1g.10gb"
     spread = open_forwarder(placement)
     try:
         assert isinstance(spread, NodeSpreadForwarder)
-        # A holds 3g.40gb + 2g.20gb, B 1g.20gb + 3g.40gb: capacities from their SMs, planned counts per node.
-        expected = [sum(i.capacity for i in placement.instances_on_node(node_id)) for node_id in nodes]
+        # A holds 3g.40gb + 2g.20gb, B 1g.20gb + 3g.40gb: one handle per deployment, capacities from their SMs.
+        expected = [sum(i.capacity for i in group) for group in groups.values()]
         assert spread._capacity == expected and spread.readiness() == (4, 4)
     finally:
         for forwarder in spread._forwarders:

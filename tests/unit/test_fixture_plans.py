@@ -43,8 +43,10 @@ def test_a100_40gb_seven_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert "MIG-082b151d-86c0-4c40-ac1c-6703467bdfbf" not in uuids
     assert sum("unused MIG slice" in n for n in placement.notes) == 3
-    options = actor_options(placement)
-    assert options["num_cpus"] == 0
+    options = actor_options(placement.instances)
+    assert options["num_cpus"] == 0 and "num_gpus" not in options
+    # Each replica claims one slice of its profile from Ray: nothing else booked on Ray can take it.
+    assert options["resources"] == {"mig_1g.5gb": 1}
     assert options["runtime_env"]["env_vars"]["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] == "1"
     assert "label_selector" not in options  # one machine: Serve places replicas anywhere on it
 
@@ -128,7 +130,9 @@ def test_no_usable_gpu_falls_back_to_cpu_pools(monkeypatch: pytest.MonkeyPatch, 
     assert topology.gpus == () and topology.gpu_note.startswith("No GPU found")
     placement = plan(config("1g.5gb", "1g.5gb"), topology, MINILM)
     assert placement.device_kind == "cpu" and all(i.gpu is None for i in placement.instances)
-    assert "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES" not in actor_options(placement)["runtime_env"]["env_vars"]
+    options = actor_options(placement.instances)
+    assert "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES" not in options["runtime_env"]["env_vars"]
+    assert "resources" not in options and "num_gpus" not in options  # CPU pools are pinned by affinity
 
 
 def test_mig_plan_on_a_disabled_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

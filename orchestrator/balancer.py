@@ -1,8 +1,9 @@
 """The seed's load-and-queue weighted balancer, as pure functions of numbers.
 
-``score = load_weight * load + queue_weight * queue`` and the lowest score wins. Both terms are fractions of the
-instance's own capacity so that the weights mean what they say and unequal instances (a 3g slice next to a 1g slice,
-a 2-thread pool next to a 1-thread pool) compare fairly:
+``score = load_weight * load + queue_weight * queue`` and the lowest score wins, the request being placed counted in
+the queue of each candidate (``rank``). Both terms are fractions of the instance's own capacity so that the weights
+mean what they say and unequal instances (a 3g slice next to a 1g slice, a 2-thread pool next to a 1-thread pool)
+compare fairly:
 
 * ``load`` is the busy fraction the replica measures itself (time its model spent computing over a recent window),
   in [0, 1];
@@ -51,15 +52,22 @@ class InstanceLoad:
     capacity: float
 
 
-def score(instance: InstanceLoad, weights: Weights) -> float:
-    """The seed's score with the queue normalised by capacity; lower is better."""
+def score(instance: InstanceLoad, weights: Weights, placing: float = 0.0) -> float:
+    """The seed's score with the queue normalised by capacity; lower is better. ``placing`` more requests are
+    counted in the queue (``rank`` counts the one it places)."""
     load = min(max(instance.load, 0.0), 1.0)
-    queue = max(instance.outstanding, 0.0) / max(instance.capacity, 1e-9)
+    queue = (max(instance.outstanding, 0.0) + placing) / max(instance.capacity, 1e-9)
     return weights.load_weight * load + weights.queue_weight * queue
 
 
-def rank(instances: Iterable[InstanceLoad], weights: Weights) -> list[InstanceLoad]:
-    """Instances from best (lowest score) to worst.
+def rank(instances: Iterable[InstanceLoad], weights: Weights, placing: float = 1.0) -> list[InstanceLoad]:
+    """Instances from best (lowest score with the request being placed counted on it) to worst.
+
+    Counting the request being placed (``placing=1``) makes the queue term the work ahead of it *and its own*, per
+    unit of capacity: an idle 3g slice (1/21) beats an idle 1g slice (1/7), and still beats it with one request
+    ahead (2/21). Without it (``placing=0``, the seed's ranking) every idle instance scores 0 whatever its size, so
+    a front door that sees none of its own requests anywhere (one of several front doors, each counting only its
+    own) is steered by the stale load term alone (docs/balancer-study.md, "Many front doors").
 
     Ties go to the instance with the most free capacity, then to the input order, so that equal idle instances are
     not all sent to the first one when combined with the router's reservations.
@@ -70,7 +78,7 @@ def rank(instances: Iterable[InstanceLoad], weights: Weights) -> list[InstanceLo
         for _, item in sorted(
             indexed,
             key=lambda pair: (
-                score(pair[1], weights),
+                score(pair[1], weights, placing),
                 -(pair[1].capacity - pair[1].outstanding),
                 pair[0],
             ),
@@ -78,9 +86,9 @@ def rank(instances: Iterable[InstanceLoad], weights: Weights) -> list[InstanceLo
     ]
 
 
-def choose(instances: Iterable[InstanceLoad], weights: Weights) -> InstanceLoad | None:
-    """The best instance, or None when there is none."""
-    ranked = rank(instances, weights)
+def choose(instances: Iterable[InstanceLoad], weights: Weights, placing: float = 1.0) -> InstanceLoad | None:
+    """The best instance (``rank``'s first), or None when there is none."""
+    ranked = rank(instances, weights, placing)
     return ranked[0] if ranked else None
 
 

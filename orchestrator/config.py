@@ -104,6 +104,16 @@ class ServerConfig(_Strict):
         "planned instances and the cores (orchestrator/frontdoor/worker_count.py).",
     )
 
+    front_door_per_node: bool = Field(
+        True,
+        description="In a cluster with direct lanes, serve the endpoint on every node of the plan too (a front door "
+        "per node, routing to every instance, its own node's first on a tie), so a load balancer can spread clients "
+        "over the nodes and the head is not on every request's path.",
+    )
+    node_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        None, description="The port the other nodes' front doors listen on; null: server.port."
+    )
+
     @model_validator(mode="after")
     def _workers_need_direct_lanes(self) -> ServerConfig:
         if self.front_door_workers != "auto" and self.front_door_workers > 1 and self.transport != "direct":

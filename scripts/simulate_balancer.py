@@ -7,7 +7,13 @@ the GPU's capacity; it also sweeps the weighted policy's weights (load_weight 0.
 at 80 and 95% and names the pair with the lowest p99. The model and its assumptions are in
 ``scripts/simulation/model.py`` and ``docs/balancer-study.md``.
 
-Usage: ``python scripts/simulate_balancer.py [--requests N] [--seeds K] [--markdown PATH] [--plot PNG]``.
+With ``--front-doors 1 2 4 8`` it runs the many-front-doors study instead (``scripts/simulation/front_doors.py``):
+the default weights with N independent front doors, each counting only its own requests and seeing the replicas'
+load on its own answers (``lanes``) or in shared periodic reports (``reports``), ranked as the balancer does now
+and as it did before it counted the request being placed, plus a randomised what-if (``--near``).
+
+Usage: ``python scripts/simulate_balancer.py [--requests N] [--seeds K] [--markdown PATH] [--plot PNG]``
+or ``python scripts/simulate_balancer.py --front-doors 1 2 4 8 [--views lanes reports] [--markdown PATH]``.
 Deterministic: the same arguments give the same numbers, whatever ``--jobs``.
 """
 
@@ -28,13 +34,17 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from scripts.simulation.model import A100_40GB_3G_2G_1G_1G, ModelParams  # noqa: E402
+from orchestrator.balancer import Weights  # noqa: E402
+from scripts.simulation.front_doors import VIEWS  # noqa: E402
+from scripts.simulation.model import A100_40GB_3G_2G_1G_1G, LAYOUTS, ModelParams  # noqa: E402
 from scripts.simulation.policies import PolicySpec  # noqa: E402
 from scripts.simulation.report import (  # noqa: E402
     Cells,
     TableData,
     describe_model,
+    front_door_table,
     headline_table,
+    herding_table,
     policy_table,
     sweep_table,
     to_markdown,
@@ -44,6 +54,7 @@ from scripts.simulation.study import (  # noqa: E402
     Task,
     best_weights,
     plan_first_pass,
+    plan_front_doors,
     plan_second_pass,
     run_tasks,
     summarise,
@@ -70,6 +81,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="real speed of each slice relative to its SMs (default all 1); the router still sizes them by SMs",
     )
     parser.add_argument("--stats-period", type=float, default=0.5, help="seconds between load reports")
+    parser.add_argument("--layout", choices=sorted(LAYOUTS), default="a100", help="GPU cut 3g + 2g + 1g + 1g")
+    parser.add_argument(
+        "--front-doors",
+        type=int,
+        nargs="+",
+        help="run the many-front-doors study with these counts of front doors (the first is the reference)",
+    )
+    parser.add_argument("--views", choices=VIEWS, nargs="+", default=list(VIEWS), help="front doors' view of load")
+    parser.add_argument(
+        "--weights",
+        type=float,
+        nargs=2,
+        default=list(Weights()),
+        metavar=("LOAD", "QUEUE"),
+        help="weights of the front-door study (default: the balancer's)",
+    )
+    parser.add_argument(
+        "--near",
+        type=float,
+        default=0.05,
+        help="front-door study: also run the what-if choosing at random among scores within this of the best (0: no)",
+    )
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--markdown", type=Path, help="append the results as a markdown section to this file")
     parser.add_argument("--plot", type=Path, help="write a PNG of the sweep (only if matplotlib is installed)")
@@ -80,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--speeds needs {len(A100_40GB_3G_2G_1G_1G)} positive numbers, one per slice")
     if any(not 0 < load < 1 for load in [*args.loads, *args.sweep_loads]):
         parser.error("loads are fractions of capacity, strictly between 0 and 1")
+    if args.front_doors and min(args.front_doors) < 1:
+        parser.error("--front-doors counts must be >= 1")
     return args
 
 
@@ -131,7 +166,7 @@ def write_plot(path: Path, cells: Cells, sweep_loads: list[float]) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the study (first pass: policies and sweep; second: the best weights at the other loads) and report it."""
     args = parse_args(argv)
-    layout = A100_40GB_3G_2G_1G_1G
+    layout = LAYOUTS[args.layout]
     if args.speeds:
         layout = tuple(replace(spec, speed=speed) for spec, speed in zip(layout, args.speeds, strict=True))
     params = ModelParams(
@@ -142,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         layout=layout,
     )
     console.print(f"model: {describe_model(params)}")
+    if args.front_doors:
+        front_doors_study(args, params, argv)
+        return
     started = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
@@ -186,6 +224,51 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"results appended to {args.markdown}")
     if args.plot:
         write_plot(args.plot, cells, args.sweep_loads)
+
+
+def front_door_variants(args: argparse.Namespace) -> list[PolicySpec]:
+    """The weighted policy ranked as the balancer does now (placing 1), as before (placing 0), and the what-if."""
+    load_weight, queue_weight = args.weights
+    now = PolicySpec("weighted", load_weight, queue_weight)
+    variants = [replace(now, placing=0.0), now]
+    return variants + ([replace(now, near=args.near)] if args.near > 0 else [])
+
+
+def front_doors_study(args: argparse.Namespace, params: ModelParams, argv: list[str] | None) -> None:
+    """N front doors against one, per view, variant and load; tables to the terminal and, if asked, markdown."""
+    variants = front_door_variants(args)
+    tasks = plan_front_doors(variants, args.front_doors, args.views, args.loads, args.seeds, args.requests, params)
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        runs = run_with_progress(tasks, args.jobs, progress, "front doors")
+    elapsed = time.perf_counter() - started
+    cells = summarise(runs)
+    names = [s.profile for s in params.layout]
+    tables = [
+        front_door_table(cells, variants, args.front_doors, args.views, args.loads),
+        herding_table(cells, variants, args.front_doors, args.views, args.loads, names),
+    ]
+    for table in tables:
+        print_table(table)
+    console.print(f"{len(runs)} runs of {args.requests:,} requests in {elapsed:.0f} s on {args.jobs} process(es)")
+    if args.markdown:
+        command = "python scripts/simulate_balancer.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        lines = [
+            "",
+            f"#### Front-door run of {time.strftime('%Y-%m-%d %H:%M')} ({os.cpu_count()} cores, {elapsed:.0f} s)",
+            "",
+            f"`{command.strip()}`: {args.seeds} seed(s) x {args.requests:,} requests per policy, view, count of "
+            f"front doors and load, the first {params.warmup_fraction:.0%} of each run left out.",
+            f"Model: {describe_model(params)}.",
+            "",
+        ]
+        for table in tables:
+            lines += [*to_markdown(table), ""]
+        with args.markdown.open("a") as out:
+            out.write("\n".join(lines) + "\n")
+        console.print(f"results appended to {args.markdown}")
 
 
 if __name__ == "__main__":

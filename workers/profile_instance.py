@@ -39,12 +39,14 @@ async def measure(job: dict[str, Any]) -> dict[str, Any]:
         tokens += result.prompt_tokens
     queue = iter(requests[: job["saturation"]])
     done = [0, 0]
+    done_s: list[float] = []  # when each saturated request finished: the service-time spread under load
 
     async def client() -> None:
         for body in queue:
             await service.embed(body)
             done[0] += 1
             done[1] += len(body)
+            done_s.append(time.perf_counter() - began)
 
     began = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(job["clients"])))
@@ -54,6 +56,7 @@ async def measure(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "low_load_s": low,
         "saturation_rps": done[0] / elapsed,
+        "saturation_done_s": sorted(done_s),
         "texts_per_s": done[1] / elapsed,
         "tokens_per_text": tokens / max(texts, 1),
         "dimensions": service.info.backend.dimensions,

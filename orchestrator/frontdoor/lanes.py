@@ -216,6 +216,8 @@ class DirectForwarder:
         connect_timeout_s: for connecting and greeting.
         clock: monotonic seconds (for the age of reported loads).
         heartbeat: how often each lane is pinged and how long a silent replica is waited for.
+        prefer: instances chosen first among equally good ones (those on this front door's own node: no hop
+            between machines for them).
     """
 
     def __init__(
@@ -229,8 +231,10 @@ class DirectForwarder:
         connect_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         heartbeat: Heartbeat = Heartbeat(),
+        prefer: frozenset[str] = frozenset(),
     ) -> None:
         self._heartbeat = heartbeat
+        self._prefer = prefer
         self._capacity = {name: max(float(capacity), 1.0) for name, capacity in capacities.items()}
         self._token = token
         self._discover = discover
@@ -256,6 +260,8 @@ class DirectForwarder:
 
     async def __call__(self, request: ForwardedRequest) -> ForwardedResponse:
         connected = [(name, lane) for name, lane in self._lanes.items() if lane.alive]
+        if self._prefer:  # the balancer breaks ties in input order: this node's instances first
+            connected.sort(key=lambda pair: pair[0] not in self._prefer)
         if not connected:
             raise NoInstance(f"0 of {len(self._capacity)} instances connected; they are starting or being replaced")
         now = self._clock()

@@ -15,6 +15,7 @@ from orchestrator.contracts.catalogue import ModelCatalogue, ModelEntry
 from orchestrator.contracts.plan import Plan, PlannedInstance, instances_by_node_and_model
 from orchestrator.serving.slice_claims import claim_of
 
+NODE_ID_LABEL = "ray.io/node-id"  # every Ray node carries its id as this label: what pins an actor to a node
 APP_NAME = "embeddings"
 DEPLOYMENT_NAME = "EmbeddingReplica"
 

@@ -26,6 +26,7 @@ from orchestrator.contracts.replica_spec import ReplicaSpec
 from orchestrator.serving.apps import (
     APP_NAME,
     DEPLOYMENT_NAME,
+    NODE_ID_LABEL,
     app_name_for,
     app_name_of,
     catalogue_of,
@@ -36,7 +37,7 @@ from orchestrator.serving.ray_access import cluster_access, embedded_access, ref
 from orchestrator.serving.slice_claims import NodeOffer, claim_of, needed, shortfalls
 
 # Re-exported: callers know these by deploy's name.
-__all__ = ["APP_NAME", "DEPLOYMENT_NAME", "app_name_for", "open_forwarder"]
+__all__ = ["APP_NAME", "DEPLOYMENT_NAME", "NODE_ID_LABEL", "app_name_for", "open_forwarder"]
 
 if TYPE_CHECKING:
     from orchestrator.frontdoor.server import FrontDoorServer
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ROUTER_CLASS = "orchestrator.serving.router:WeightedLoadRouter"
-NODE_ID_LABEL = "ray.io/node-id"
 ESSENTIAL_RAY_PROCESSES = ("gcs_server", "raylet")  # without either, nothing can start or replace a replica
 SHUTDOWN_TIMEOUT_S = 30.0
 SERVE_ENV = {
@@ -278,20 +278,27 @@ def attach_front_door(
 ) -> None:
     """Make the running front door forward to the deployed replicas; with direct lanes, return once every instance's
     lane is open (or after ``wait_s``: ``/health`` then shows the missing ones as degraded). With ``workers`` above
-    1 (direct lanes only), start the other front-door processes once this one forwards."""
+    1 (direct lanes only), start the other front-door processes once this one forwards; in a cluster with direct
+    lanes, start a front door on every other node of the plan (``node_front_doors``)."""
     from orchestrator.frontdoor.workers import prepare_workers
+    from orchestrator.serving.node_front_doors import open_node_front_doors, stop_node_front_doors
 
     pool = None
     discover = None
     if workers > 1 and lane_token is not None:
         pool = prepare_workers(front, loaded, plan, lane_token, workers, wait_s)
         discover = pool.publishing(hub_registry())  # the workers learn the registry as this process reads it
-    forwarder = open_forwarder(plan, lane_token, loaded.config.balancer.weights(), catalogue_of(loaded), discover)
+    here = {i.name for i in plan.instances if i.node_id == _node_key(None)} if _clustered(plan) else frozenset()
+    weights = loaded.config.balancer.weights()
+    forwarder = open_forwarder(plan, lane_token, weights, catalogue_of(loaded), discover, prefer=frozenset(here))
+    node_doors: list[Any] = []
 
     async def close() -> None:
-        # On the front door's loop, once it takes no more requests: the transport closes what it opened (lanes,
-        # watchers), then Serve's replicas stop, nothing being in flight. The one place Serve is shut down from the
-        # front door (``shutdown`` is the other, for what was never attached).
+        # On the front door's loop, once it takes no more requests: the other nodes' front doors drain, the
+        # transport closes what it opened (lanes, watchers), then Serve's replicas stop, nothing being in flight.
+        # The one place Serve is shut down from the front door (``shutdown`` is the other, for what was never
+        # attached).
+        await stop_node_front_doors(node_doors)
         await forwarder.aclose()
         await shutdown_serve_async()
 
@@ -300,6 +307,11 @@ def attach_front_door(
     if pool is not None:
         front.workers = pool
         pool.start(workers)
+    node_doors.extend(open_node_front_doors(loaded, plan, lane_token, wait_s))
+
+
+def _clustered(plan: Plan) -> bool:
+    return any(instance.node_id is not None for instance in plan.instances)
 
 
 def wait_until_running(

@@ -18,6 +18,7 @@ def open_forwarder(
     weights: Weights = Weights(),
     catalogue: ModelCatalogue | None = None,
     discover: Discover | None = None,
+    prefer: frozenset[str] = frozenset(),
 ) -> Transport:
     """The front door's forwarder, per ``server.transport``, and per model when the plan serves several
     (``orchestrator/frontdoor/model_routing.py``: each model its own transport over its own instances).
@@ -29,28 +30,34 @@ def open_forwarder(
     least outstanding work per unit of capacity (``NodeSpreadForwarder``).
 
     ``discover`` reads the lanes' registry (default: the metrics hub, through Ray); a front-door worker process
-    passes what the ``up`` process forwards to it instead (``orchestrator/frontdoor/workers.py``).
+    passes what the ``up`` process forwards to it instead (``orchestrator/frontdoor/workers.py``). ``prefer``: the
+    instances on this front door's own node, chosen first when no busier (direct lanes).
     """
     from orchestrator.frontdoor.model_routing import open_router
 
     models = plan.models()
     if len(models) == 1:
-        return _model_forwarder(plan, None, lane_token, weights, discover)
+        return _model_forwarder(plan, None, lane_token, weights, discover, prefer)
     if catalogue is None:
         catalogue = ModelCatalogue(tuple(ModelEntry(model) for model in models))
-    forwarders = {model: _model_forwarder(plan, model, lane_token, weights, discover) for model in models}
+    forwarders = {model: _model_forwarder(plan, model, lane_token, weights, discover, prefer) for model in models}
     return open_router(catalogue, forwarders)
 
 
 def _model_forwarder(
-    plan: Plan, model: str | None, lane_token: str | None, weights: Weights, discover: Discover | None
+    plan: Plan,
+    model: str | None,
+    lane_token: str | None,
+    weights: Weights,
+    discover: Discover | None,
+    prefer: frozenset[str] = frozenset(),
 ) -> Transport:
     """One model's transport (``model`` None: every instance of a one-model plan)."""
     from orchestrator.frontdoor.node_spread import NodeSpreadForwarder
     from orchestrator.frontdoor.serve_handles import ServeForwarder
 
     if lane_token is not None:
-        return _direct_forwarder(plan, model, lane_token, weights, discover or hub_registry())
+        return _direct_forwarder(plan, model, lane_token, weights, discover or hub_registry(), prefer)
 
     forwarders: list[tuple[NodeTransport, int]] = []
     for key, instances in deployment_groups(plan).items():
@@ -65,7 +72,7 @@ def _model_forwarder(
 
 
 def _direct_forwarder(
-    plan: Plan, model: str | None, lane_token: str, weights: Weights, discover: Discover
+    plan: Plan, model: str | None, lane_token: str, weights: Weights, discover: Discover, prefer: frozenset[str]
 ) -> Transport:
     from orchestrator.frontdoor.lanes import DirectForwarder
 
@@ -74,6 +81,7 @@ def _direct_forwarder(
         lane_token,
         discover,
         weights,
+        prefer=prefer,
     )
 
 

@@ -59,6 +59,15 @@ A100_40GB_3G_2G_1G_1G: tuple[SliceSpec, ...] = (
     SliceSpec("1g.5gb", 14),
 )
 
+# An H100-80GB (132 SMs) cut the same way: 3g.40gb (60 SMs) + 2g.20gb (32) + 1g.10gb (16) + 1g.10gb (16).
+H100_80GB_3G_2G_1G_1G: tuple[SliceSpec, ...] = (
+    SliceSpec("3g.40gb", 60),
+    SliceSpec("2g.20gb", 32),
+    SliceSpec("1g.10gb", 16),
+    SliceSpec("1g.10gb", 16),
+)
+LAYOUTS = {"a100": A100_40GB_3G_2G_1G_1G, "h100": H100_80GB_3G_2G_1G_1G}
+
 
 @dataclass(frozen=True)
 class ModelParams:
@@ -182,6 +191,8 @@ class RunResult:
         offered_rate: the Poisson arrival rate (requests/s).
         throughput: requests finished per second between the first measured arrival and the last arrival.
         routed: requests routed to each server.
+        destinations: the server each request was routed to, in arrival order (warm-up included).
+        doors: the front door each request arrived at (``front_doors.py``; empty from ``simulate``: one door).
     """
 
     latencies: list[float]
@@ -190,6 +201,8 @@ class RunResult:
     offered_rate: float
     throughput: float
     routed: list[int]
+    destinations: list[int] = field(default_factory=list)
+    doors: list[int] = field(default_factory=list)
 
 
 def _size_sampler(params: ModelParams, rng: random.Random):  # type: ignore[no-untyped-def]
@@ -238,6 +251,7 @@ def simulate(policy: Policy, load: float, requests: int, seed: int, params: Mode
     arrivals = [0.0] * requests
     finishes = [0.0] * requests
     service = [0.0] * requests
+    destinations = [0] * requests
     now = 0.0
     for n in range(requests):
         now += arrivals_rng.expovariate(rate)
@@ -246,7 +260,8 @@ def simulate(policy: Policy, load: float, requests: int, seed: int, params: Mode
             t, i, k = ticks[0]
             servers[i].report_at(t)
             heapq.heapreplace(ticks, (phases[i] + (k + 1) * period, i, k + 1))
-        server = servers[policy.choose(servers, now)]
+        destinations[n] = chosen = policy.choose(servers, now)
+        server = servers[chosen]
         service_s = size * server.mean_service_s
         arrivals[n] = now
         service[n] = service_s
@@ -264,4 +279,5 @@ def simulate(policy: Policy, load: float, requests: int, seed: int, params: Mode
         offered_rate=rate,
         throughput=throughput,
         routed=[s.routed for s in servers],
+        destinations=destinations,
     )

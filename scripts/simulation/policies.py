@@ -18,18 +18,44 @@ POLICY_NAMES = ("weighted", "round_robin", "random", "power_of_two", "least_outs
 
 @dataclass(frozen=True)
 class PolicySpec:
-    """Which policy, and for ``weighted`` its weights."""
+    """Which policy, for ``weighted`` its weights and variant, and how many front doors route with it.
+
+    Attributes:
+        name: one of ``POLICY_NAMES``.
+        load_weight, queue_weight: the weighted policy's ``balancer.Weights``.
+        placing: requests counted on each candidate for the one being placed (``balancer.rank``'s ``placing``):
+            1 is the balancer's default, 0 the ranking before the many-front-doors study.
+        near: a what-if, not in ``orchestrator/balancer.py``: when > 0, the choice is random among the candidates
+            whose score is within ``near`` of the best, with odds proportional to capacity (``front_doors.py``).
+        front_doors: independent routers, each counting only its own outstanding requests (``front_doors.py``).
+        view: how they learn the replicas' load: ``reports`` (periodic and shared: the Serve router) or ``lanes``
+            (on each of their own answers, fading: the direct lanes). One front door with ``reports`` is the
+            study's model (``model.simulate``).
+    """
 
     name: str
     load_weight: float = 0.7
     queue_weight: float = 0.3
+    placing: float = 1.0
+    near: float = 0.0
+    front_doors: int = 1
+    view: str = "reports"
 
     @property
     def label(self) -> str:
-        """A short name for tables: ``weighted 0.7/0.3``, ``round_robin``..."""
+        """A short name for tables: ``weighted 0.7/0.3``, ``round_robin``, ``weighted 0.2/0.8 x4 lanes``..."""
+        name = self.name
         if self.name == "weighted":
-            return f"weighted {self.load_weight:g}/{self.queue_weight:g}"
-        return self.name
+            name = f"weighted {self.load_weight:g}/{self.queue_weight:g}" + self.variant
+        if self.front_doors == 1 and self.view == "reports":
+            return name
+        return f"{name} x{self.front_doors} {self.view}"
+
+    @property
+    def variant(self) -> str:
+        """`` placing 0``, `` near 0.05``...: what departs from the balancer's defaults, or empty."""
+        placing = f" placing {self.placing:g}" if self.placing != 1 else ""
+        return placing + (f" near {self.near:g}" if self.near else "")
 
 
 class Weighted:
@@ -40,8 +66,9 @@ class Weighted:
     replica's metadata, ``capacity_for_sms`` of its slice.
     """
 
-    def __init__(self, weights: balancer.Weights) -> None:
+    def __init__(self, weights: balancer.Weights, placing: float = 1.0) -> None:
         self._weights = weights
+        self._placing = placing
 
     def choose(self, servers: Sequence[Server], now: float) -> int:
         loads = [
@@ -50,7 +77,7 @@ class Weighted:
             )
             for s in servers
         ]
-        return balancer.rank(loads, self._weights)[0].key  # type: ignore[return-value]
+        return balancer.rank(loads, self._weights, self._placing)[0].key  # type: ignore[return-value]
 
 
 class RoundRobin:
@@ -110,9 +137,15 @@ class LeastOutstanding:
 
 def make_policy(spec: PolicySpec, seed: int) -> Policy:
     """A fresh policy for one run; its randomness is seeded from ``seed`` (and not shared with the arrivals)."""
-    rng = random.Random(seed * 7919 + 4)
+    return policy_with_rng(spec, random.Random(seed * 7919 + 4))
+
+
+def policy_with_rng(spec: PolicySpec, rng: random.Random) -> Policy:
+    """A fresh policy drawing its random choices (if any) from ``rng``."""
     if spec.name == "weighted":
-        return Weighted(balancer.Weights(load_weight=spec.load_weight, queue_weight=spec.queue_weight))
+        if spec.near:
+            raise ValueError("near is a what-if of front_doors.simulate_front_doors, not of model.simulate")
+        return Weighted(balancer.Weights(load_weight=spec.load_weight, queue_weight=spec.queue_weight), spec.placing)
     if spec.name == "round_robin":
         return RoundRobin()
     if spec.name == "random":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scripts.simulation.model import ModelParams
 from scripts.simulation.policies import PolicySpec
@@ -131,6 +131,81 @@ def headline_table(cells: Cells, loads: Sequence[float], best: PolicySpec) -> Ta
     return TableData(
         title=f"Headline: seed {SEED_WEIGHTS.label} against best {best.label}",
         headers=["load", "p50 seed / best", "p99 seed / best", "p99 best / least_outstanding"],
+        rows=rows,
+    )
+
+
+def _front_door_rows(
+    cells: Cells, variants: Sequence[PolicySpec], counts: Sequence[int], views: Sequence[str], loads: Sequence[float]
+) -> list[tuple[str, PolicySpec, float, list[Cell | None]]]:
+    """(view, variant, load, the cell at each count of front doors) for every row of the front-door tables."""
+    rows = []
+    for view in views:
+        for variant in variants:
+            for load in loads:
+                at = [cells.get((replace(variant, front_doors=n, view=view), load)) for n in counts]
+                if any(at):
+                    rows.append((view, variant, load, at))
+    return rows
+
+
+def front_door_table(
+    cells: Cells, variants: Sequence[PolicySpec], counts: Sequence[int], views: Sequence[str], loads: Sequence[float]
+) -> TableData:
+    """p99 with each count of front doors, and its ratio to the first count (one front door)."""
+    rows = []
+    for view, variant, load, at in _front_door_rows(cells, variants, counts, views, loads):
+        base = at[0]
+        row = [view, variant.label, f"{load:.0%}"]
+        for cell in at:
+            if cell is None:
+                row.append("-")
+                continue
+            text = ms(cell.p99_ms) + (" saturated" if cell.saturated else "")
+            row.append(text if base is None or cell is base else f"{text} ({ratio(cell.p99_ms / base.p99_ms)})")
+        rows.append(row)
+    return TableData(
+        title=(
+            f"p99 latency (ms) with N front doors, mean over seeds; in brackets, against N = {counts[0]} with the "
+            "same policy and view"
+        ),
+        headers=["view", "policy", "load", *(f"N = {n}" for n in counts)],
+        rows=rows,
+    )
+
+
+def herding_table(
+    cells: Cells,
+    variants: Sequence[PolicySpec],
+    counts: Sequence[int],
+    views: Sequence[str],
+    loads: Sequence[float],
+    layout_names: Sequence[str],
+) -> TableData:
+    """Arrival dispersion at the slices for each count of front doors (above 1: herding), p50, shares at the last."""
+    rows = []
+    for view, variant, load, at in _front_door_rows(cells, variants, counts, views, loads):
+        row = [view, variant.label, f"{load:.0%}"]
+        row += [f"{cell.dispersion:.2f}" if cell else "-" for cell in at]
+        row.append(" / ".join(ms(cell.p50_ms) if cell else "-" for cell in at))
+        last = at[-1]
+        row.append("/".join(f"{share * 100:.0f}" for share in last.shares) if last else "-")
+        rows.append(row)
+    return TableData(
+        title=(
+            "Herding: index of dispersion of the requests each slice receives per 0.1 s (Poisson split = 1; above 1: "
+            "front doors pile onto the same slice together), p50 (ms) and % routed to "
+            + " / ".join(layout_names)
+            + f" with N = {counts[-1]}"
+        ),
+        headers=[
+            "view",
+            "policy",
+            "load",
+            *(f"dispersion N = {n}" for n in counts),
+            "p50 N = " + ", ".join(str(n) for n in counts),
+            f"routed % N = {counts[-1]}",
+        ],
         rows=rows,
     )
 

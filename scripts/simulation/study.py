@@ -10,8 +10,9 @@ import math
 import multiprocessing
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from scripts.simulation.front_doors import arrival_dispersion, simulate_front_doors
 from scripts.simulation.model import ModelParams, percentile, simulate
 from scripts.simulation.policies import PolicySpec, make_policy
 
@@ -41,7 +42,8 @@ class Task:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One run's numbers: latencies in milliseconds, rates in requests/s, ``shares`` the fraction per slice."""
+    """One run's numbers: latencies in milliseconds, rates in requests/s, ``shares`` the fraction per slice,
+    ``dispersion`` the herding measure of ``front_doors.arrival_dispersion``."""
 
     spec: PolicySpec
     load: float
@@ -52,6 +54,7 @@ class RunSummary:
     throughput: float
     offered_rate: float
     shares: tuple[float, ...]
+    dispersion: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Cell:
     offered_rate: float
     shares: tuple[float, ...]
     seeds: int
+    dispersion: float = math.nan
 
     @property
     def saturated(self) -> bool:
@@ -77,8 +81,15 @@ class Cell:
 
 
 def run_task(task: Task) -> RunSummary:
-    """Simulate one task and reduce it to its summary (in the worker, so only small results cross processes)."""
-    result = simulate(make_policy(task.spec, task.seed), task.load, task.requests, task.seed, task.params)
+    """Simulate one task and reduce it to its summary (in the worker, so only small results cross processes).
+
+    One front door with shared reports runs ``model.simulate``; anything else ``front_doors.simulate_front_doors``
+    (which gives the same run for the former, a little slower)."""
+    spec = task.spec
+    if spec.front_doors == 1 and spec.view == "reports" and not spec.near:
+        result = simulate(make_policy(spec, task.seed), task.load, task.requests, task.seed, task.params)
+    else:
+        result = simulate_front_doors(spec, task.load, task.requests, task.seed, task.params)
     total = sum(result.routed) or 1
     return RunSummary(
         spec=task.spec,
@@ -90,14 +101,15 @@ def run_task(task: Task) -> RunSummary:
         throughput=result.throughput,
         offered_rate=result.offered_rate,
         shares=tuple(r / total for r in result.routed),
+        dispersion=arrival_dispersion(result, warmup_fraction=task.params.warmup_fraction),
     )
 
 
 def run_tasks(tasks: Sequence[Task], jobs: int, on_done: Callable[[], None] = lambda: None) -> list[RunSummary]:
     """Run every task on ``jobs`` processes (1: in this process), calling ``on_done`` after each."""
-    # The weighted runs cost about 5x the others (the real balancer builds and sorts objects per request):
-    # starting them first keeps both processes busy to the end.
-    ordered = sorted(tasks, key=lambda t: (t.spec.name != "weighted", -t.requests))
+    # The weighted runs cost about 5x the others (the real balancer builds and sorts objects per request), and
+    # many front doors cost more than one: starting them first keeps both processes busy to the end.
+    ordered = sorted(tasks, key=lambda t: (t.spec.name != "weighted", -t.requests, -t.spec.front_doors))
     results: list[RunSummary] = []
     if jobs <= 1 or len(ordered) <= 1:
         for task in ordered:
@@ -131,6 +143,7 @@ def summarise(runs: Iterable[RunSummary]) -> dict[tuple[PolicySpec, float], Cell
             offered_rate=statistics.fmean(r.offered_rate for r in group),
             shares=tuple(statistics.fmean(r.shares[i] for r in group) for i in range(len(group[0].shares))),
             seeds=len(group),
+            dispersion=statistics.fmean(r.dispersion for r in group),
         )
     return cells
 
@@ -190,5 +203,25 @@ def plan_second_pass(
         Task(best, load, seed, requests, params)
         for load in loads
         if (best, load) not in have
+        for seed in range(1, seeds + 1)
+    ]
+
+
+def plan_front_doors(
+    variants: Sequence[PolicySpec],
+    counts: Sequence[int],
+    views: Sequence[str],
+    loads: Sequence[float],
+    seeds: int,
+    requests: int,
+    params: ModelParams,
+) -> list[Task]:
+    """Each variant (its ``front_doors`` and ``view`` replaced) with every count of front doors, view and load."""
+    return [
+        Task(replace(variant, front_doors=count, view=view), load, seed, requests, params)
+        for view in views
+        for variant in variants
+        for load in loads
+        for count in counts
         for seed in range(1, seeds + 1)
     ]

@@ -107,8 +107,10 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
     from orchestrator.serving import deploy
     from tests.integration.conftest import free_port, make_loaded
 
-    port = free_port()
-    loaded = make_loaded(port, server={"port": port, "transport": transport, "max_inputs_per_request": 64})
+    port, node_port = free_port(), free_port()
+    # Both nodes of this test share one machine: the worker node's front door needs a port of its own.
+    server = {"port": port, "node_port": node_port, "transport": transport, "max_inputs_per_request": 64}
+    loaded = make_loaded(port, server=server)
     local = plan(loaded.config, Topology(cpu=CpuTopology(cores=(0, 1))), loaded.footprint)
     nodes = (head, worker)
     instances = tuple(
@@ -124,8 +126,8 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
         lane_token = deploy.deploy(loaded, placement, tuning, timeout_s=120)
         deploy.attach_front_door(front, loaded, placement, lane_token)
 
-        async def requests() -> list[tuple[int, str, int]]:
-            url = f"http://127.0.0.1:{loaded.config.server.port}/v1/embeddings"
+        async def requests(port: int) -> list[tuple[int, str, int]]:
+            url = f"http://127.0.0.1:{port}/v1/embeddings"
             async with aiohttp.ClientSession() as session:
 
                 async def one(n: int) -> tuple[int, str, int]:
@@ -135,7 +137,9 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
 
                 return await asyncio.gather(*(one(n) for n in range(24)))
 
-        answers = asyncio.run(requests())
+        answers = asyncio.run(requests(port))
+        # With direct lanes the worker node serves the endpoint too, reaching the instances of both nodes.
+        node_answers = asyncio.run(requests(node_port)) if transport == "direct" else []
         health = json.loads(
             __import__("urllib.request").request.urlopen(f"http://127.0.0.1:{loaded.config.server.port}/health").read()
         )
@@ -149,6 +153,7 @@ def serve_across(head: object, worker: object, transport: str) -> dict[str, obje
         front.stop()
     return {
         "answers": answers,
+        "node_answers": node_answers,
         "health": health,
         "replica_nodes": replica_nodes,
         "planned": {i.name: i.node_id for i in placement.instances},
@@ -214,6 +219,10 @@ def test_discover_nodes_on_a_two_node_cluster(tmp_path: Path) -> None:
         assert all(count == 8 for _, _, count in serving["answers"])
         assert {instance for _, instance, _ in serving["answers"]} == set(serving["planned"])  # both nodes served
         assert (serving["health"]["instances_ready"], serving["health"]["instances_planned"]) == (2, 2)
+    node_answers = result["serving"]["direct"]["node_answers"]
+    assert {status for status, _, _ in node_answers} == {200} and len(node_answers) == 24
+    assert {instance for _, instance, _ in node_answers} == set(result["serving"]["direct"]["planned"])
+    assert result["serving"]["serve"]["node_answers"] == []  # Serve handles: the head's front door only
     print(f"2-node cluster discovery and serving took {elapsed_s:.1f} s")
 
 

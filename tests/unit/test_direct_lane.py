@@ -215,6 +215,31 @@ async def test_the_balancer_sends_work_to_the_instance_with_less_outstanding(two
     await asyncio.gather(*held)
 
 
+async def test_a_front_door_prefers_its_own_nodes_instance_until_it_is_busier() -> None:
+    """A node's front door (``serving/node_front_doors.py``) sends to its own node's instance while it is no busier
+    than the others: no hop between machines for that request."""
+    a, b = Replica("pool-a"), Replica("pool-b")
+    registry = Registry()
+    registry.endpoints = [await a.start(), await b.start()]
+    forwarder = DirectForwarder(
+        {"pool-a": 4, "pool-b": 4}, TOKEN, registry, Weights(0.0, 1.0), poll_s=0.02, prefer=frozenset({"pool-b"})
+    )
+    await forwarder.start(wait_s=5)
+    try:
+        for _ in range(3):  # idle and equal: always the preferred one
+            assert dict((await forwarder(request())).headers)[b"x-instance"] == b"pool-b"
+        held = asyncio.ensure_future(forwarder(request("/slow")))
+        await until(lambda: b.app.started.is_set())
+        # pool-b holds one request: busier, so the next one goes to the other node's instance.
+        assert dict((await forwarder(request())).headers)[b"x-instance"] == b"pool-a"
+        b.app.release.set()
+        await held
+    finally:
+        await forwarder.aclose()
+        await a.server.close()
+        await b.server.close()
+
+
 async def test_reported_load_steers_requests_and_fades_when_nothing_runs() -> None:
     a, b = Replica("pool-a", load=0.9), Replica("pool-b", load=0.1)
     registry = Registry()

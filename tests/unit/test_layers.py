@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from tests.conftest import REPO
 
 HEAVY_AT_MODULE_LEVEL = {
-    "ray": {"orchestrator.serving.router", "workers.replica"},
+    "ray": {"orchestrator.serving.router", "orchestrator.serving.node_front_doors", "workers.replica"},
     "torch": set(),
     "pynvml": set(),
     "transformers": set(),

@@ -71,10 +71,13 @@ def test_the_weighted_policy_calls_the_real_balancer(monkeypatch: pytest.MonkeyP
     firsts = [0, 0, 0, 0]
     real_rank = balancer.rank
 
-    def spy(instances: list[balancer.InstanceLoad], weights: balancer.Weights) -> list[balancer.InstanceLoad]:
+    def spy(
+        instances: list[balancer.InstanceLoad], weights: balancer.Weights, placing: float = 1.0
+    ) -> list[balancer.InstanceLoad]:
         assert weights == balancer.Weights(0.7, 0.3)
+        assert placing == 1.0  # the balancer's default: the request being placed counted
         seen.append(list(instances))
-        ranked = real_rank(instances, weights)
+        ranked = real_rank(instances, weights, placing)
         firsts[ranked[0].key] += 1  # type: ignore[index]
         return ranked
 
@@ -87,7 +90,7 @@ def test_the_weighted_policy_calls_the_real_balancer(monkeypatch: pytest.MonkeyP
 
 
 def test_the_weighted_policy_follows_whatever_the_balancer_says(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(balancer, "rank", lambda instances, weights: list(instances)[::-1])
+    monkeypatch.setattr(balancer, "rank", lambda instances, weights, placing=1.0: list(instances)[::-1])
     assert run("weighted", 0.3, 500).routed == [0, 0, 0, 500]
 
 

@@ -1,7 +1,9 @@
 """How one instance is put together in its replica: pin to the slice or pool, read the model card, load the
 tokenizer and the planned backend, warm it up and calibrate the batcher, and wire the service with its metrics and
 the health of its device. An embedding model becomes an EmbeddingService; a reranker (``model.task: rerank``) a
-RerankService, with its cross-encoder card, pair tokenizer and backend, and the same batcher.
+RerankService, with its cross-encoder card, pair tokenizer and backend, and the same batcher. A folder carrying the
+ingress benchmark's marker (``workers/backends/null_backend.py``) gets no model: the placeholder backend, served under
+its own loud name.
 
 It knows nothing of Ray or Serve (``replica.py`` is the deployment and calls ``build_instance`` once per replica), so
 each step is testable with a plan and a model folder.
@@ -41,21 +43,28 @@ def build_instance(spec: ReplicaSpec, instance: PlannedInstance) -> BuiltInstanc
     Every batch (warm-up and calibration included) runs through the health guard: a sticky CUDA error marks the
     device lost and later batches are refused. Raises PinningError, EngineChoiceError and the loaders' errors.
     """
+    from workers.backends.null_backend import is_ingress_bench_folder
     from workers.pinning import pin_to_binding, pin_to_cpu_pool
 
+    no_model = is_ingress_bench_folder(Path(spec.model_folder))
+    if no_model and spec.task != "embed":
+        raise ValueError(f"instance {instance.name}: the ingress benchmark's folder serves embeddings only")
     device = "cpu"
     if instance.gpu is not None:
         recognised_by = pin_to_binding(instance.gpu)  # before anything touches CUDA
         logger.info("instance %s: pinned to %s (%s)", instance.name, ",".join(instance.gpu.device_uuids), recognised_by)
         device = "cuda"
     health = DeviceHealth(f"{device} device of instance {instance.name}")
-    pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=instance.backend == "torch")
+    torch_threads = instance.backend == "torch" and not no_model  # without a model, torch is never imported
+    pin_to_cpu_pool(instance.cpu_cores, instance.threads, torch_threads=torch_threads)
     if spec.task == "rerank":
         return BuiltInstance(_build_reranker(spec, instance, device, health), health)
-    return BuiltInstance(_build_embedder(spec, instance, device, health), health)
+    return BuiltInstance(_build_embedder(spec, instance, device, health, no_model), health)
 
 
-def _build_embedder(spec: ReplicaSpec, instance: PlannedInstance, device: str, health: DeviceHealth) -> Any:
+def _build_embedder(
+    spec: ReplicaSpec, instance: PlannedInstance, device: str, health: DeviceHealth, no_model: bool = False
+) -> Any:
     from workers.model_card import read_model_card
     from workers.service import EmbeddingService
     from workers.tokenizer import TextTokenizer
@@ -63,14 +72,43 @@ def _build_embedder(spec: ReplicaSpec, instance: PlannedInstance, device: str, h
     folder = Path(spec.model_folder)
     card = read_model_card(folder, spec.pooling, spec.max_input_tokens, spec.prompts, spec.default_prompt_name)
     tokenizer = TextTokenizer(folder, card.max_input_tokens, card.eos_token_id if card.pooling == "lasttoken" else None)
-    backend = load_backend(spec, instance, card, device)
+    if no_model:
+        backend, instance = _ingress_bench_backend(spec, instance, card.hidden_size)
+    else:
+        backend = load_backend(spec, instance, card, device)
     row = tokenizer.encode(["calibrating the batcher " * 5], truncate=True)[0]
     batcher, metrics = _calibrated_batcher(instance, health.guard(backend.embed), row)
     info = _service_info(spec, instance, card.max_input_tokens, backend.info, card.pooling)
     info = replace(info, prompts=card.prompts, default_prompt_name=card.default_prompt_name)
+    if no_model:
+        from workers.backends.null_backend import SERVED_NAME
+
+        info = replace(info, model_name=SERVED_NAME)
     return EmbeddingService(
         tokenizer, batcher, info, metrics, metric_labels(spec, instance), instance.capacity, **_memory_probe(instance)
     )
+
+
+def _ingress_bench_backend(spec: ReplicaSpec, instance: PlannedInstance, dimensions: int) -> tuple[Any, Any]:
+    """The placeholder backend of the ingress benchmark, and the instance with the batcher's cut fixed.
+
+    A placeholder batch costs its fixed hop and nothing per token, so the batcher should merge everything waiting
+    into one batch: the most a forward pass may cost in tokens (timing a free call would only give a random cut).
+    """
+    from workers.backends.null_backend import MARKER_FILE, SERVED_NAME, NullBackend
+    from workers.calibration import MAX_OVERHEAD_TOKENS
+
+    logger.warning(
+        "instance %s: INGRESS BENCHMARK, NO MODEL: %s carries %s; this replica answers placeholder vectors "
+        "(one-hot of the token count), served as %r. Never serve this folder to clients.",
+        instance.name,
+        spec.model_folder,
+        MARKER_FILE,
+        SERVED_NAME,
+    )
+    if instance.batch_overhead_tokens is None:
+        instance = replace(instance, batch_overhead_tokens=MAX_OVERHEAD_TOKENS)
+    return NullBackend(dimensions), instance
 
 
 def _build_reranker(spec: ReplicaSpec, instance: PlannedInstance, device: str, health: DeviceHealth) -> Any:

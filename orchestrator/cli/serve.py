@@ -19,7 +19,7 @@ import typer
 
 from orchestrator import running, steps
 from orchestrator.cli.output import DEFAULT_CONFIG, ConfigOption, console, fail, print_plan, warn
-from orchestrator.config import LoadedConfig
+from orchestrator.config import LoadedConfig, ServedModel
 from orchestrator.contracts.errors import ConfigError, OrchestratorError, PlanError
 from orchestrator.contracts.plan import Plan
 from orchestrator.frontdoor.worker_count import front_door_workers
@@ -157,6 +157,7 @@ def up_command(
     if search is not None:
         where = getattr(search.store, "path", None) or f"pgvector table {search.store.table}"
         console.print(f"Search: POST {url}/v1/search over {where}")
+    _warn_if_no_model(served)
     console.print("Press Ctrl-C to stop.")
     from orchestrator.serving import deploy
 
@@ -230,6 +231,17 @@ def _abort(front: FrontDoorServer) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, now)
     steps.stop(front, drain=False)
+
+
+def _warn_if_no_model(served: tuple[ServedModel, ...]) -> None:
+    """Say it loudly when the replicas run no model (scripts/bench_ingress.py's marker folder)."""
+    from workers.backends.null_backend import MARKER_FILE, is_ingress_bench_folder
+
+    if any(is_ingress_bench_folder(model.folder) for model in served):
+        console.print(
+            f"[bold red]INGRESS BENCHMARK: the model folder carries {MARKER_FILE}: the replicas run NO model and "
+            "answer placeholder vectors. Never serve this to clients.[/bold red]"
+        )
 
 
 def _serve_until_stopped(front: FrontDoorServer, control_plane_problem: Callable[[], str | None]) -> None:

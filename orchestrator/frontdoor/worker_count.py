@@ -4,9 +4,11 @@
 the replicas themselves use the cores and serve far less than one front door carries, so ``auto`` is 1 there. On
 GPUs the demand is estimated from each instance's SMs, at ``REQUESTS_PER_SM_S`` requests/s per SM (the advisor's
 assumed small-encoder rates: 170 requests of 16 texts/s on an H100 1g.10gb of 16 SMs, docs/advisor.md), against
-``REQUESTS_PER_WORKER_S`` per front-door process (docs/benchmarks.md, "Ingress alone": about 1 ms of CPU per request
-of 16 texts). Workers are capped by the cores left after one per GPU replica (which tokenises on the CPU) and by
-``MAX_AUTO_WORKERS``. Both rates are assumptions until measured on the machine: set a number to override.
+``REQUESTS_PER_WORKER_S`` per front-door process (docs/benchmarks.md, "Ingress alone": 0.30-0.36 ms of front-door
+CPU per request of 16 texts on direct lanes, about 3,000 requests/s per core; counted at two thirds of that, for
+slower cores and the headroom a p99 needs). Workers are capped by the cores left after one per GPU replica (which
+tokenises on the CPU) and by ``MAX_AUTO_WORKERS``. Both rates are assumptions until measured on the machine: set a
+number to override.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from orchestrator.contracts.plan import Plan
 
 REQUESTS_PER_SM_S = 10.0
-REQUESTS_PER_WORKER_S = 800.0
+REQUESTS_PER_WORKER_S = 2000.0
 MAX_AUTO_WORKERS = 8
 
 

@@ -76,12 +76,14 @@ def _plan(*sm_counts: int, cpu_pools: int = 0) -> Plan:
 
 def test_auto_is_one_on_cpu_pools_and_grows_with_the_slices_on_gpus() -> None:
     assert front_door_workers("auto", _plan(cpu_pools=2), "direct", cores=2) == 1
-    # An H100 cut into 7 x 1g.10gb (16 SMs each): ~1,100 requests/s, more than one process carries.
-    seven = _plan(*[16] * 7)
-    assert front_door_workers("auto", seven, "direct", cores=32) == 2
-    assert front_door_workers("auto", _plan(*[132] * 8), "direct", cores=64) == 8  # 8 whole GPUs: capped
-    assert front_door_workers("auto", seven, "direct", cores=8) == 1  # 7 replicas leave one core: no room
-    assert front_door_workers("auto", seven, "serve", cores=32) == 1  # Serve handles live in the up process
+    # An H100 cut into 7 x 1g.10gb (16 SMs each): ~1,100 requests/s, which one process carries.
+    assert front_door_workers("auto", _plan(*[16] * 7), "direct", cores=32) == 1
+    # Four H100s cut so (28 slices): ~4,500 requests/s, three processes.
+    four = _plan(*[16] * 28)
+    assert front_door_workers("auto", four, "direct", cores=64) == 3
+    assert front_door_workers("auto", _plan(*[132] * 16), "direct", cores=64) == 8  # 16 whole GPUs: capped
+    assert front_door_workers("auto", four, "direct", cores=30) == 2  # 28 replicas leave two cores
+    assert front_door_workers("auto", four, "serve", cores=64) == 1  # Serve handles live in the up process
     assert front_door_workers(3, _plan(cpu_pools=1), "direct", cores=2) == 3  # a number is taken as given
 
 

@@ -1,7 +1,8 @@
 """Measure the search layer against a running service, in one run (docs/search.md):
 
-1. a corpus of real text: the docstrings of this Python's standard library (module, class and function docstrings,
-   one .jsonl record each, in sorted file order: the same corpus for the same Python), cut at ``--chunks`` chunks;
+1. a corpus of real text: the docstrings of this Python's standard library, then of its installed packages (module,
+   class and function docstrings, one .jsonl record each, in sorted file order: the same corpus for the same Python
+   and packages), cut at ``--chunks`` chunks;
 2. /v1/embeddings throughput on those chunk texts sent straight to the service (same request size and requests in
    flight as the indexer), then indexing throughput (LanceDB store) -> the ratio (target >= 0.9);
 3. query latency p50/p99 at 1 and 8 concurrent clients, split into embed and search;
@@ -33,32 +34,37 @@ from search.stores.base import ChunkRecord, DocumentUpdate, VectorStore
 from search.stores.lance import LanceStore
 
 
-def stdlib_docstrings(limit_chunks: int, chunker: Chunker, out: Path) -> tuple[int, int, list[str]]:
-    """Write docstrings as .jsonl until ``limit_chunks`` chunks; returns (records, chunks, query texts)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def python_docstrings(limit_chunks: int, chunker: Chunker, out: Path) -> tuple[int, int, list[str]]:
+    """Write docstrings as .jsonl until ``limit_chunks`` chunks: the standard library's first, then the installed
+    packages' (site-packages: numpy, torch, transformers, ... give far more than 50,000 chunks), each in sorted file
+    order; returns (records, chunks, query texts). The same Python with the same packages gives the same corpus."""
+    paths = sysconfig.get_paths()
+    stdlib, site = Path(paths["stdlib"]), Path(paths["purelib"])
     records, chunks, queries = 0, 0, []
     with out.open("w") as handle:
-        for path in sorted(root.rglob("*.py")):
-            if "site-packages" in path.parts or "test" in path.parts:
-                continue
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        for root, skip in ((stdlib, ("site-packages", "test")), (site, ("tests", "test"))):
+            for path in sorted(root.rglob("*.py")):
+                if any(part in skip for part in path.relative_to(root).parts):
                     continue
-                text = ast.get_docstring(node)
-                if not text or len(text) < 40:
+                try:
+                    tree = ast.parse(path.read_text(encoding="utf-8"))
+                except (SyntaxError, UnicodeDecodeError, ValueError, OSError, RecursionError):
                     continue
-                name = f"{path.relative_to(root)}:{getattr(node, 'name', '<module>')}:{getattr(node, 'lineno', 0)}"
-                handle.write(json.dumps({"id": name, "text": text}) + "\n")
-                records += 1
-                chunks += len(chunker.chunk(text))
-                if records % 37 == 0:
-                    queries.append(text.splitlines()[0])
-                if chunks >= limit_chunks:
-                    return records, chunks, queries
+                for node in ast.walk(tree):
+                    if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                        continue
+                    text = ast.get_docstring(node)
+                    if not text or len(text) < 40:
+                        continue
+                    where = f"{root.name}/{path.relative_to(root)}"
+                    name = f"{where}:{getattr(node, 'name', '<module>')}:{getattr(node, 'lineno', 0)}"
+                    handle.write(json.dumps({"id": name, "text": text}) + "\n")
+                    records += 1
+                    chunks += len(chunker.chunk(text))
+                    if records % 37 == 0:
+                        queries.append(text.splitlines()[0])
+                    if chunks >= limit_chunks:
+                        return records, chunks, queries
     return records, chunks, queries
 
 
@@ -150,8 +156,8 @@ async def main() -> None:
          "chunking": {"tokenizer": args.tokenizer}}
     )  # fmt: skip
     chunker = Chunker(load_tokenizer(args.tokenizer), settings.chunking.tokens, settings.chunking.overlap)
-    corpus = work / "stdlib_docstrings.jsonl"
-    records, chunks, queries = stdlib_docstrings(args.chunks, chunker, corpus)
+    corpus = work / "python_docstrings.jsonl"
+    records, chunks, queries = python_docstrings(args.chunks, chunker, corpus)
     print(f"corpus: {records} docstrings, {chunks} chunks of {chunker.size} tokens ({corpus})")
 
     async with EmbeddingClient(args.url) as client:

@@ -46,10 +46,14 @@ def read_documents(path: Path, options: ReaderSettings) -> Iterator[Document]:
     """The documents of one file, by its suffix. Raises ReaderError naming the file and line on malformed input.
 
     A record id seen before in the same file gets its position in the file appended (``#id@7``): a document id must name
-    one document, or re-indexing could not tell which one changed.
+    one document, or re-indexing could not tell which one changed. NUL characters are dropped from ids and texts.
     """
     seen: set[str] = set()
     for document in _read(path, options):
+        if "\x00" in document.text or "\x00" in document.doc_id:
+            # NUL is no text (a binary byte in a .txt, an escaped \u0000 in JSON) and PostgreSQL's text type cannot
+            # hold it: dropped here, so every store keeps the same chunks.
+            document = Document(document.doc_id.replace("\x00", ""), document.source, document.text.replace("\x00", ""))
         if document.doc_id in seen:
             document = Document(f"{document.doc_id}@{len(seen) + 1}", document.source, document.text)
         seen.add(document.doc_id)

@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -134,6 +133,13 @@ def up_command(
         raise typer.Exit(130) from None
     finally:
         deadline.disarm()
+    from orchestrator.serving import deploy
+
+    # Watched from before Ready is printed: a /health right after it already says how Ray's control plane is.
+    stop = threading.Event()
+    watch = ControlPlaneWatch(deploy.control_plane_problem, on_lost=lambda _: stop.set())
+    front.front_door.watch_control_plane(lambda: watch.lost)
+    watch.start()
     server = loaded.config.server
     processes = "" if front.workers is None else f", {len(front.workers.pids()) + 1} front-door processes"
     console.print(
@@ -159,11 +165,9 @@ def up_command(
         console.print(f"Search: POST {url}/v1/search over {where}")
     _warn_if_no_model(served)
     console.print("Press Ctrl-C to stop.")
-    from orchestrator.serving import deploy
-
     entry = running.record(url, config)  # `orchestrator status` finds this service without a config
     try:
-        _serve_until_stopped(front, deploy.control_plane_problem)
+        _serve_until_stopped(front, watch, stop)
     finally:
         running.forget(entry)
 
@@ -244,13 +248,10 @@ def _warn_if_no_model(served: tuple[ServedModel, ...]) -> None:
         )
 
 
-def _serve_until_stopped(front: FrontDoorServer, control_plane_problem: Callable[[], str | None]) -> None:
-    """Serve until a signal or the loss of Ray's control plane, then drain and stop (exit 1 on the loss)."""
-    stop = threading.Event()
+def _serve_until_stopped(front: FrontDoorServer, watch: ControlPlaneWatch, stop: threading.Event) -> None:
+    """Serve until a signal or the loss of Ray's control plane (``watch`` sets ``stop``), then drain and stop (exit
+    1 on the loss)."""
     _stop_on_signals(stop)
-    watch = ControlPlaneWatch(control_plane_problem, on_lost=lambda _: stop.set())
-    front.front_door.watch_control_plane(lambda: watch.lost)
-    watch.start()
     try:
         while not stop.wait(0.5):
             pass

@@ -100,8 +100,18 @@ def status_table(view: dict[str, Any], url: str, health: dict[str, Any] | None =
         f"total {view['throughput_embeddings_per_s']:.1f} emb/s, {errors['requests']} requests, "
         f"error rate {errors['rate'] * 100:.1f}%, memory {_memory(view['memory_usage_bytes'])}; "
         f"GPU utilisation: {utilisation['value'] if utilisation['value'] is not None else utilisation['why']}"
+        + _front_door_processes(view.get("front_door"))
     )
     return table
+
+
+def _front_door_processes(front_door: dict[str, Any] | None) -> str:
+    """``; 3 front-door processes (requests 52 / 30 / 28)`` when ``server.front_door_workers`` started several."""
+    workers = (front_door or {}).get("workers") or []
+    if len(workers) < 2:
+        return ""
+    shares = " / ".join(str(worker.get("requests", 0)) for worker in workers)
+    return f"; {len(workers)} front-door processes (requests {shares})"
 
 
 def _instance_cells(name: str, stats: dict[str, Any]) -> tuple[str, ...]:

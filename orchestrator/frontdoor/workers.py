@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from orchestrator.frontdoor.stats import CounterTable, FrontDoorStats
 if TYPE_CHECKING:
     from orchestrator.config import LoadedConfig
     from orchestrator.contracts.plan import Plan
-    from orchestrator.frontdoor.lanes import LaneEndpoint
+    from orchestrator.frontdoor.lanes import Discover, LaneEndpoint
     from orchestrator.frontdoor.server import FrontDoorServer
 
 logger = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ class FrontDoorWorkers:
         self._lanes: list[LaneEndpoint] | None = None
         self._problem: str | None = None
         self._lock = threading.Lock()
+        # Messages go out from the front door's loop (the registry) and the watcher's thread (the control plane, a
+        # replacement's setup): one writer at a time, so no two frames interleave on a channel.
+        self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -140,7 +143,7 @@ class FrontDoorWorkers:
         with self._lock:
             return [worker.process.pid for worker in self._workers.values()]
 
-    def publishing(self, discover: Callable[[], Awaitable[Iterable[LaneEndpoint]]]) -> Callable[..., Any]:
+    def publishing(self, discover: Discover) -> Discover:
         """``discover`` that also hands every changed reading of the registry to the workers."""
 
         async def discover_and_publish() -> list[LaneEndpoint]:
@@ -187,9 +190,10 @@ class FrontDoorWorkers:
         worker = _Worker(index, process, parent_end, time.monotonic())
         try:
             # Always these three, in this order: the worker reads the last two before it starts accepting.
-            send_message(parent_end, "setup", self._setup(index))
-            send_message(parent_end, "lanes", self._lanes or [])
-            send_message(parent_end, "control_plane", self._problem)
+            with self._send_lock:
+                send_message(parent_end, "setup", self._setup(index))
+                send_message(parent_end, "lanes", self._lanes or [])
+                send_message(parent_end, "control_plane", self._problem)
         except OSError as error:  # it died at once: the watcher restarts it (or gives up)
             logger.warning("front-door worker %d did not take its setup: %s", index, error)
         with self._lock:
@@ -198,9 +202,10 @@ class FrontDoorWorkers:
     def _broadcast(self, kind: str, payload: Any) -> None:
         with self._lock:
             workers = list(self._workers.values())
-        for worker in workers:
-            with contextlib.suppress(OSError):  # a dead worker: the watcher restarts it with the latest state
-                send_message(worker.channel, kind, payload)
+        with self._send_lock:
+            for worker in workers:
+                with contextlib.suppress(OSError):  # a dead worker: the watcher restarts it with the latest state
+                    send_message(worker.channel, kind, payload)
 
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_PERIOD_S):
@@ -275,8 +280,3 @@ def prepare_workers(
         return WorkerSetup(index, count, loaded, plan, lane_token, wait_s)
 
     return FrontDoorWorkers(front.listening_socket, table, setup, front.front_door.control_plane_problem)
-
-
-def describe(pids: Sequence[int]) -> str:
-    """``3 front-door processes (pids 1, 2)`` for the operator."""
-    return f"{len(pids) + 1} front-door processes (this one and pids {', '.join(map(str, pids))})"

@@ -288,9 +288,11 @@ def attach_front_door(
     if workers > 1 and lane_token is not None:
         pool = prepare_workers(front, loaded, plan, lane_token, workers, wait_s)
         discover = pool.publishing(hub_registry())  # the workers learn the registry as this process reads it
-    here = {i.name for i in plan.instances if i.node_id == _node_key(None)} if _clustered(plan) else frozenset()
+    # In a cluster the head's front door, like every node's, takes its own node's instances first on a tie.
+    node = _node_key(None) if _clustered(plan) else None
+    here = frozenset(i.name for i in plan.instances if node is not None and i.node_id == node)
     weights = loaded.config.balancer.weights()
-    forwarder = open_forwarder(plan, lane_token, weights, catalogue_of(loaded), discover, prefer=frozenset(here))
+    forwarder = open_forwarder(plan, lane_token, weights, catalogue_of(loaded), discover, prefer=here)
     node_doors: list[Any] = []
 
     async def close() -> None:

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from orchestrator import balancer  # the module, not its functions: a test can swap them for spies
-from scripts.simulation.model import ModelParams, RunResult, Server, SliceSpec, _size_sampler
+from scripts.simulation.model import ModelParams, RunResult, Server, SliceSpec, _size_sampler, run_result
 from scripts.simulation.policies import PolicySpec, policy_with_rng
 
 VIEWS = ("lanes", "reports")
@@ -242,18 +242,4 @@ def simulate_front_doors(spec: PolicySpec, load: float, requests: int, seed: int
         view[chosen].own += 1
         heapq.heappush(answers, (finish, door, chosen))
 
-    warm = min(int(requests * params.warmup_fraction), max(requests - 1, 0))
-    latencies = sorted(finishes[n] - arrivals[n] for n in range(warm, requests))
-    start, end = arrivals[warm], arrivals[-1]
-    done = sum(1 for f in finishes if start <= f <= end)
-    throughput = done / (end - start) if end > start else math.nan
-    return RunResult(
-        latencies=latencies,
-        arrivals=arrivals,
-        service=service,
-        offered_rate=rate,
-        throughput=throughput,
-        routed=[s.routed for s in servers],
-        destinations=destinations,
-        doors=doors,
-    )
+    return run_result(arrivals, finishes, service, rate, servers, destinations, params.warmup_fraction, doors)

@@ -267,7 +267,23 @@ def simulate(policy: Policy, load: float, requests: int, seed: int, params: Mode
         service[n] = service_s
         finishes[n] = server.assign(now, service_s)
 
-    warm = min(int(requests * params.warmup_fraction), max(requests - 1, 0))
+    return run_result(arrivals, finishes, service, rate, servers, destinations, params.warmup_fraction)
+
+
+def run_result(
+    arrivals: list[float],
+    finishes: list[float],
+    service: list[float],
+    rate: float,
+    servers: Sequence[Server],
+    destinations: list[int],
+    warmup_fraction: float,
+    doors: list[int] | None = None,
+) -> RunResult:
+    """The measured part of a run: latencies after the warm-up, throughput between the first measured and the last
+    arrival (shared by ``simulate`` and ``front_doors.simulate_front_doors``)."""
+    requests = len(arrivals)
+    warm = min(int(requests * warmup_fraction), max(requests - 1, 0))
     latencies = sorted(finishes[n] - arrivals[n] for n in range(warm, requests))
     start, end = arrivals[warm], arrivals[-1]
     done = sum(1 for f in finishes if start <= f <= end)
@@ -280,4 +296,5 @@ def simulate(policy: Policy, load: float, requests: int, seed: int, params: Mode
         throughput=throughput,
         routed=[s.routed for s in servers],
         destinations=destinations,
+        doors=doors if doors is not None else [],
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +69,15 @@ def test_workers_share_the_port_count_as_one_replace_the_dead_and_stop_together(
             assert len(per_worker) == WORKERS and total == sum(per_worker)
             totals.add(total)
         assert len(totals) == 6  # each scrape counts itself: strictly growing totals, never one process's share
+
+        status = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "status", "--url", url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "250"},
+        )
+        assert f"{WORKERS} front-door processes (requests " in status.stdout, status.stdout + status.stderr
 
         # A killed worker is started again in its place; the others serve meanwhile.
         os.kill(pids[1], signal.SIGKILL)

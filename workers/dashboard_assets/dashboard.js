@@ -373,7 +373,9 @@
     }
     const losses = front.instance_losses || 0;
     const own = (front.unavailable || 0) + (front.timeouts || 0) + (front.internal_errors || 0);
-    detail.textContent = `${fmt.count(losses)} instance losses · ${fmt.count(own)} failed at the front door`;
+    const processes = Array.isArray(front.workers) && front.workers.length > 1
+      ? ` · ${front.workers.length} front-door processes` : "";
+    detail.textContent = `${fmt.count(losses)} instance losses · ${fmt.count(own)} failed at the front door${processes}`;
     detail.title = "instance losses: requests whose instance died before answering (each resent once); " +
       "failed at the front door: its own 503 (no instance, or lost twice), 504 and 500 answers, on every path";
     detail.dataset.losses = String(losses);

@@ -114,6 +114,16 @@ class ServerConfig(_Strict):
         None, description="The port the other nodes' front doors listen on; null: server.port."
     )
 
+    @field_validator("front_door_workers", mode="before")
+    @classmethod
+    def _auto_or_a_count(cls, value: object) -> object:
+        # One line for a wrong value, instead of one per member of the union.
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # as pydantic reads "2" for an int
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 64):
+            return value
+        raise ValueError(f"'auto' or a number of processes from 1 to 64, not {value!r}")
+
     @model_validator(mode="after")
     def _workers_need_direct_lanes(self) -> ServerConfig:
         if self.front_door_workers != "auto" and self.front_door_workers > 1 and self.transport != "direct":

@@ -90,8 +90,12 @@ def test_auto_is_one_on_cpu_pools_and_grows_with_the_slices_on_gpus() -> None:
 def test_workers_need_direct_lanes() -> None:
     with pytest.raises((ConfigError, ValueError), match="front_door_workers above 1 needs transport: direct"):
         parse_config({"mig_instances": [{"name": "a"}], "server": {"front_door_workers": 2, "transport": "serve"}})
-    with pytest.raises((ConfigError, ValueError), match="front_door_workers"):
-        parse_config({"mig_instances": [{"name": "a"}], "server": {"front_door_workers": 0}})
+    for wrong in (0, 65, "many", True):  # one line each, not one per member of the setting's union
+        with pytest.raises((ConfigError, ValueError)) as failure:
+            parse_config({"mig_instances": [{"name": "a"}], "server": {"front_door_workers": wrong}})
+        message = str(failure.value)
+        assert f"server.front_door_workers: 'auto' or a number of processes from 1 to 64, not {wrong!r}" in message
+        assert "literal" not in message and "\n" not in message
     assert parse_config({"mig_instances": [{"name": "a"}]}).server.front_door_workers == "auto"
 
 

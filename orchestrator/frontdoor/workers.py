@@ -182,8 +182,8 @@ class FrontDoorWorkers:
 
     def _spawn(self, index: int) -> None:
         parent_end, child_end = socket.socketpair()
+        assert self._table.fd is not None  # checked in __init__; narrows the type
         fds = (self._listening.fileno(), child_end.fileno(), self._table.fd)
-        assert self._table.fd is not None
         command = [sys.executable, "-m", WORKER_MODULE, *map(str, fds)]
         process = subprocess.Popen(command, pass_fds=fds, env=_worker_environment())
         child_end.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from orchestrator.advisor.load_points import RequestRecord
 from orchestrator.advisor.measurements import AdvisorError
 
 _local = threading.local()
@@ -37,7 +38,9 @@ class LoadResult:
     ``in_order_s``: the same latencies in the order the requests were sent (open loop: consecutive latencies of a
     queue are correlated, which an interval for a percentile must know). ``completions``: when each answer came
     (seconds from the start) and the instance that served it (the ``x-instance`` header; "" when absent), in the
-    closed loop: the departure process ``spread.departure_spread`` reads.
+    closed loop: the departure process ``spread.departure_spread`` reads. ``records``: in the open loop, each answered
+    request with the instance's own queue and inference times (``x-queue-time``, ``x-inference-time``), which
+    ``load_points`` reads.
     """
 
     offered_rps: float
@@ -46,6 +49,7 @@ class LoadResult:
     errors: int
     in_order_s: list[float] = field(default_factory=list)
     completions: list[tuple[float, str]] = field(default_factory=list)
+    records: list[RequestRecord] = field(default_factory=list)
 
     def percentile_ms(self, q: float) -> float:
         if not self.latencies_s:
@@ -59,9 +63,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _post(url: str, texts: Sequence[str]) -> str | None:
-    """One ``/v1/embeddings`` request on this thread's connection; on 200 the instance that answered ("" when the
-    answer does not say), else None."""
+@dataclass(frozen=True)
+class _Answer:
+    """Who answered (``""`` when the answer does not say) and its queue and inference seconds (0 when absent)."""
+
+    instance: str
+    queue_s: float
+    inference_s: float
+
+
+def _seconds(header: str | None) -> float:
+    try:
+        return float(header or 0.0) / 1000
+    except ValueError:
+        return 0.0
+
+
+def _post(url: str, texts: Sequence[str]) -> _Answer | None:
+    """One ``/v1/embeddings`` request on this thread's connection; None unless answered 200."""
     parts = urlsplit(url)
     connection = getattr(_local, "connection", None)
     if connection is None:
@@ -72,7 +91,13 @@ def _post(url: str, texts: Sequence[str]) -> str | None:
         connection.request("POST", "/v1/embeddings", body, {"content-type": "application/json"})
         response = connection.getresponse()
         response.read()
-        return (response.getheader("x-instance") or "") if response.status == 200 else None
+        if response.status != 200:
+            return None
+        return _Answer(
+            response.getheader("x-instance") or "",
+            _seconds(response.getheader("x-queue-time")),
+            _seconds(response.getheader("x-inference-time")),
+        )
     except (OSError, http.client.HTTPException):
         connection.close()
         _local.connection = None
@@ -95,14 +120,14 @@ def closed_loop(url: str, requests: Sequence[Sequence[str]], clients: int) -> Lo
             if texts is None:
                 return
             sent = time.perf_counter()
-            instance = _post(url, texts)
+            answer = _post(url, texts)
             done = time.perf_counter()
             with lock:
-                if instance is None:
+                if answer is None:
                     errors[0] += 1
                 else:
                     latencies.append(done - sent)
-                    completions.append((done - began, instance))
+                    completions.append((done - began, answer.instance))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
@@ -119,10 +144,15 @@ def open_loop(url: str, requests: Sequence[Sequence[str]], rate_rps: float, seed
     """Poisson arrivals at ``rate_rps``, one request each (in order); latency counted from the scheduled arrival."""
     rng = random.Random(seed)
     latencies: list[float | None] = [None] * len(requests)
+    records: list[RequestRecord | None] = [None] * len(requests)
 
     def send(index: int, scheduled: float, texts: Sequence[str]) -> None:
-        ok = _post(url, texts) is not None
-        latencies[index] = time.perf_counter() - scheduled if ok else None
+        answer = _post(url, texts)
+        if answer is not None:
+            latencies[index] = latency = time.perf_counter() - scheduled
+            records[index] = RequestRecord(
+                answer.instance, scheduled - began, latency, answer.queue_s, answer.inference_s
+            )
 
     with ThreadPoolExecutor(max_workers=128) as pool:
         began = time.perf_counter()
@@ -142,6 +172,7 @@ def open_loop(url: str, requests: Sequence[Sequence[str]], rate_rps: float, seed
         sorted(answered),
         len(requests) - len(answered),
         answered,
+        records=[record for record in records if record is not None],
     )
 
 

@@ -1,13 +1,16 @@
 """The measurements file: what ``orchestrator bench --profile`` measured, per instance type, for one model.
 
-Contract: a small JSON object, ``{"format": FORMAT, "version": 2, "model": {...}, "machine": {...}, "workload":
+Contract: a small JSON object, ``{"format": FORMAT, "version": 3, "model": {...}, "machine": {...}, "workload":
 {...}, "method": {...}, "served": {...} | null, "types": [...]}``. ``load_measurements`` refuses a file of another
 format or an unknown version (a newer tool's file must not be half-read), and measurements of another model than
 the one being advised (a MiniLM slice says nothing about Qwen3). Every refusal is one ``AdvisorError`` line.
 
 Versions: 2 adds the service-time spread at saturation (``saturation_quantiles`` on a type, and per type on the
 served check); everything else is as in 1. A version 1 file still loads, without that spread: the simulation then
-draws every service time from the low-load latency distribution, as it did before version 2.
+draws every service time from the low-load latency distribution, as it did before version 2. Version 3 adds, per CPU
+type on the served check, the service times measured at two or more loads (``load_points``: lone and back to back,
+``load_points.LoadPoint``), which the prediction uses in place of the spread at saturation; a version 2 file loads
+and predicts as before.
 
 One entry per instance type measured: a CPU pool of N threads (``cpu-Nt``), a MIG profile of a board
 (``1g.10gb`` on ``H100-80GB``) or a whole GPU (``gpu``). Numbers are requests of the recorded workload: throughput
@@ -24,11 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.advisor.load_points import LoadPoint
 from orchestrator.contracts.errors import OrchestratorError
 
 FORMAT = "mig-orchestrator/measurements"
-VERSION = 2
-READS_VERSIONS = (1, 2)  # 1: before the saturation spread (it loads without it)
+VERSION = 3
+READS_VERSIONS = (1, 2, 3)  # 1: before the saturation spread; 2: before the load points (each loads without them)
 # When no served check was run: served throughput over in-process, the low end of README's measured 0.86-0.98 on
 # 2 pools (Ray's and the front door's share of the cores), and the added latency of one served request.
 ASSUMED_SERVED_RATIO = 0.88
@@ -83,13 +87,15 @@ class ServedCheck:
     """Served against in-process, measured by one ``orchestrator up`` over the measured pools (``None``: assumed).
 
     ``saturation_quantiles`` holds, per CPU type (``cpu-1t``), the service-time spread at saturation as served (front
-    door, lane and the replica's event loop included), in the form of ``TypeMeasurement.saturation_quantiles``.
+    door, lane and the replica's event loop included), in the form of ``TypeMeasurement.saturation_quantiles``;
+    ``load_points`` per CPU type the service times measured at given loads (open loop, version 3).
     """
 
     ratio: float
     extra_ms: float
     how: str
     saturation_quantiles: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    load_points: dict[str, tuple[LoadPoint, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,12 @@ class Measurements:
             return row.saturation_quantiles, f"{row.source}, at saturation"
         return None, "none measured: the low-load latencies"
 
+    def load_points(self, row: TypeMeasurement) -> tuple[LoadPoint, ...]:
+        """The service times measured at load for the row's type on the served check (empty: none measured)."""
+        if row.source == "in-process" and self.served is not None:
+            return self.served.load_points.get(row.type, ())
+        return ()
+
 
 def to_json(measurements: Measurements) -> dict[str, Any]:
     """The file's JSON object."""
@@ -162,6 +174,17 @@ def _row_json(row: TypeMeasurement) -> dict[str, Any]:
 def _served_json(served: ServedCheck) -> dict[str, Any]:
     out = asdict(served)
     out["saturation_quantiles"] = {name: _rounded(q) for name, q in served.saturation_quantiles.items()}
+    out["load_points"] = {
+        name: [
+            {
+                **asdict(point),
+                "lone_quantiles": _rounded(point.lone_quantiles),
+                "queued_quantiles": _rounded(point.queued_quantiles),
+            }
+            for point in points
+        ]
+        for name, points in served.load_points.items()
+    }
     return out
 
 
@@ -224,12 +247,34 @@ def _row(raw: dict[str, Any], version: int) -> TypeMeasurement:
     return row
 
 
+def _load_point(raw: dict[str, Any], what: str) -> LoadPoint:
+    point = LoadPoint(
+        **{
+            **raw,
+            "lone_quantiles": _spread(raw["lone_quantiles"], f"{what}.lone_quantiles"),
+            "queued_quantiles": _spread(raw["queued_quantiles"], f"{what}.queued_quantiles"),
+        }
+    )
+    if not 0 < point.utilisation <= 1 or point.lone_mean_ms <= 0 or point.queued_mean_ms <= 0:
+        raise ValueError(f"{what} has no usable numbers (utilisation in (0, 1], positive means)")
+    return point
+
+
 def _served(raw: dict[str, Any], version: int) -> ServedCheck:
     spreads = raw.get("saturation_quantiles") or {}
     if version < 2 and spreads:
         raise ValueError("served.saturation_quantiles in a version 1 file")
+    points = raw.get("load_points") or {}
+    if version < 3 and points:
+        raise ValueError(f"served.load_points in a version {version} file")
     return ServedCheck(
-        **{**raw, "saturation_quantiles": {str(k): _spread(v, f"served.{k}") for k, v in dict(spreads).items()}}
+        **{
+            **raw,
+            "saturation_quantiles": {str(k): _spread(v, f"served.{k}") for k, v in dict(spreads).items()},
+            "load_points": {
+                str(k): tuple(_load_point(p, f"served.load_points.{k}") for p in v) for k, v in dict(points).items()
+            },
+        }
     )
 
 

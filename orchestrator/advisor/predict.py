@@ -6,6 +6,9 @@ measured to take, and a saturated instance completes what it was measured to com
 (it found its server busy) draws its service time from the spread measured at saturation when the file has one
 (``Measurements.service_spread``: the served check's for the type, else the row's own), which is what a queue's tail
 rests on (``simulation``'s docstring says why); without one (a version 1 file) it is sized like a lone request.
+Where the served check measured the type's service times at loads below saturation (``load_points``, version 3),
+those replace both: at the layout's utilisation (target over capacity) the lone and back-to-back services, their
+spreads and the time outside the instance are interpolated between the measured loads (``load_points.at_utilisation``).
 In-process measurements are turned into served ones with the file's served check (or the assumed ratio, which the
 prediction then says).
 
@@ -20,6 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orchestrator.advisor.load_points import LoadPoint, at_utilisation
 from orchestrator.advisor.measurements import AdvisorError, Measurements, TypeMeasurement
 from orchestrator.advisor.simulation import ServerSpec, SimParams, empirical_sizes, simulate
 from orchestrator.hardware.mig_profile_table import BoardTable
@@ -46,13 +50,31 @@ class InstanceModel:
     basis: str = "measured"
     queued_quantiles: tuple[float, ...] | None = None
     spread_basis: str = "none measured: the low-load latencies"
+    load_points: tuple[LoadPoint, ...] = ()
 
     @property
     def estimated(self) -> bool:
         return self.basis != "measured"
 
-    def server(self, index: int) -> ServerSpec:
+    def at_load(self, utilisation: float) -> LoadPoint | None:
+        """The service times measured at load, interpolated to ``utilisation``; None when none were measured."""
+        if not self.load_points:
+            return None
+        return at_utilisation(self.load_points, utilisation, 1000.0 / self.rps)
+
+    def server(self, index: int, utilisation: float = 0.5) -> ServerSpec:
         service_s = 1.0 / self.rps
+        point = self.at_load(utilisation)
+        if point is not None:
+            return ServerSpec(
+                f"{self.type}#{index}",
+                service_s,
+                self.capacity,
+                point.outside_ms / 1000,
+                point.queued_quantiles,
+                lone_service_s=point.lone_mean_ms / 1000,
+                queued_service_s=point.queued_mean_ms / 1000,
+            )
         return ServerSpec(
             f"{self.type}#{index}",
             service_s,
@@ -104,6 +126,10 @@ def cpu_model(row: TypeMeasurement, measurements: Measurements) -> InstanceModel
     """A CPU pool of the row's threads, with the planner's capacity for it."""
     rps, mean_ms, p99_ms = _served(row, measurements)
     spread, spread_basis = measurements.service_spread(row)
+    points = measurements.load_points(row)
+    if points:
+        loads = " and ".join(f"{p.utilisation:.0%}" for p in sorted(points, key=lambda p: p.utilisation))
+        spread_basis = f"served, at {loads} load"
     return InstanceModel(
         row.type,
         rps,
@@ -113,6 +139,7 @@ def cpu_model(row: TypeMeasurement, measurements: Measurements) -> InstanceModel
         row.size_quantiles,
         queued_quantiles=spread,
         spread_basis=spread_basis,
+        load_points=points,
     )
 
 
@@ -175,8 +202,10 @@ def predict(
     if target_rps / capacity >= MAX_UTILISATION:
         limit = f"throughput: {capacity:,.1f} req/s at most, {target_rps / capacity:.0%} of it asked"
         return Prediction(tuple(instances), target_rps, p99_target_ms, capacity, math.inf, math.inf, 1.0, limit)
-    specs = [instance.server(n) for n, instance in enumerate(instances)]
-    sizes = empirical_sizes(instances[0].quantiles)
+    utilisation = target_rps / capacity
+    specs = [instance.server(n, utilisation) for n, instance in enumerate(instances)]
+    at_load = instances[0].at_load(utilisation)
+    sizes = empirical_sizes(at_load.lone_quantiles if at_load is not None else instances[0].quantiles)
     result = simulate(specs, target_rps, requests or _sim_requests(len(specs)), seed, sizes, params or SimParams())
     worst = max(range(len(specs)), key=lambda n: result.server_p99[n] if result.routed[n] else 0.0)
     busiest = max(result.utilisation)

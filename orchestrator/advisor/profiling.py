@@ -12,6 +12,11 @@ The served check also records, for each CPU type, the service-time spread at sat
 type, saturated, its completions split by the instance that answered (``spread.departure_spread``). A queue's tail
 rests on that spread, and the served path is where a replica shares the CPU with the front door. A child that reports
 its own saturated completions (``saturation_done_s``, seconds) gets the same spread in-process, on its row.
+
+And, since version 3, each CPU type's service times at loads below saturation: open-loop Poisson runs at
+``LOAD_FRACTIONS`` of the served saturation rate just measured, read by ``load_points`` (a request that found its
+instance idle, one that waited). The prediction uses them in place of the spread at saturation, whose closed loop of
+8 clients makes rounds longer and more uneven than a 50-80 % load does (docs/advisor.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from orchestrator.advisor.load_points import LoadPoint, point_from_records
 from orchestrator.advisor.measurements import AdvisorError, Measurements, ServedCheck, TypeMeasurement
 from orchestrator.advisor.profile_child import measure_in_child
 from orchestrator.advisor.spread import departure_spread
@@ -42,6 +48,11 @@ QUANTILES = 21
 # Requests of the served check's saturated run, at least: its departures are read for the spread at saturation, and
 # 21 quantiles want a few hundred service times (~30 s at 15 req/s).
 SPREAD_REQUESTS = 400
+# The open-loop loads (over the served saturation rate) the service times are measured at, and requests per load:
+# around the 50-80 % a layout is usually sized for (~1.7 min a type at 15 req/s). 400 requests: behind the balancer
+# few of 2 pools' requests wait at 40 % (a quarter at 50 %), and a spread wants at least 20 of each kind.
+LOAD_FRACTIONS = (0.4, 0.7)
+LOAD_REQUESTS = 400
 
 
 @dataclass(frozen=True)
@@ -202,14 +213,22 @@ class _ServedRun:
     clients: int
     saturated: LoadResult
     low: LoadResult
+    at_load: tuple[LoadResult, ...]
 
 
 def _served_run(
-    row: TypeMeasurement, base: dict[str, Any], base_config: Path, bodies: list[list[str]], saturated: int, clients: int
+    row: TypeMeasurement,
+    base: dict[str, Any],
+    base_config: Path,
+    bodies: list[list[str]],
+    load_bodies: list[list[str]],
+    saturated: int,
+    clients: int,
 ) -> _ServedRun:
     """One ``up`` over as many pools of ``row``'s threads as the cores hold: warmed, saturated (at least two
-    requests waiting per pool), then, for the served ratio, one request at a time."""
-    from orchestrator.advisor.loadgen import closed_loop, free_port, running_service
+    requests waiting per pool), then, for the served ratio, one request at a time, then open-loop at each of
+    ``LOAD_FRACTIONS`` of the saturated rate."""
+    from orchestrator.advisor.loadgen import closed_loop, free_port, open_loop, running_service
 
     threads = row.threads or 1
     pools = max(1, (os.cpu_count() or 1) // threads)
@@ -225,7 +244,11 @@ def _served_run(
             closed_loop(url, bodies[:8], 2)  # warm every replica
             result = closed_loop(url, bodies[:saturated], clients)
             low = closed_loop(url, bodies[: min(saturated, 40)], 1)
-    return _ServedRun(pools, clients, result, low)
+            at_load = tuple(
+                open_loop(url, load_bodies, fraction * result.throughput_rps, seed=41 + n)
+                for n, fraction in enumerate(LOAD_FRACTIONS)
+            )
+    return _ServedRun(pools, clients, result, low, at_load)
 
 
 def served_check(
@@ -240,19 +263,25 @@ def served_check(
     base = yaml.safe_load(base_config.read_text()) or {}
     saturated = max(requests, SPREAD_REQUESTS)
     bodies = workload.requests(saturated + 20, seed=33)
-    runs = {row.type: _served_run(row, base, base_config, bodies, saturated, clients) for row in rows}
+    load_bodies = workload.requests(LOAD_REQUESTS, seed=34)
+    runs = {row.type: _served_run(row, base, base_config, bodies, load_bodies, saturated, clients) for row in rows}
     row, first = rows[0], runs[rows[0].type]
     ratio = first.saturated.throughput_rps / (first.pools * row.saturation_rps)
     extra_ms = statistics.median(first.low.latencies_s) * 1000 - row.low_load_p50_ms
     spreads: dict[str, tuple[float, ...]] = {}
+    load_points: dict[str, tuple[LoadPoint, ...]] = {}
     notes: list[str] = []
     for name, run in runs.items():
         spread = departure_spread(run.saturated.completions, run.clients)
         if spread is not None:
             spreads[name] = spread[0]
+        points = _load_points(run)
+        if points:
+            load_points[name] = points
         notes.append(
             f"{name}: {run.pools} pool(s), {run.saturated.throughput_rps:.2f}/s served from {run.clients} clients, "
             + (f"spread from {spread[1]} service times" if spread else "no spread (too few completions)")
+            + "".join(f", at {p.utilisation:.0%} load {p.lone} lone and {p.queued} queued services" for p in points)
         )
     return ServedCheck(
         ratio=round(ratio, 3),
@@ -261,4 +290,15 @@ def served_check(
         f"{first.clients} clients ({first.saturated.throughput_rps:.2f}/s served vs {first.pools} x "
         f"{row.saturation_rps:.2f}/s in-process), then one at a time; at saturation per type: " + "; ".join(notes),
         saturation_quantiles=spreads,
+        load_points=load_points,
     )
+
+
+def _load_points(run: _ServedRun) -> tuple[LoadPoint, ...]:
+    """The run's open-loop loads as load points (those with too few lone or queued services left out)."""
+    points = []
+    for result in run.at_load:
+        point = point_from_records(result.records, min(1.0, result.offered_rps / run.saturated.throughput_rps))
+        if point is not None:
+            points.append(point)
+    return tuple(points)

@@ -10,8 +10,9 @@ study's servers, sizes and weights it gives the study's numbers exactly (tests/u
 
 Sizes: each request draws a size with mean 1 (log-normal with a cv, or the measured low-load latency distribution)
 and takes ``size x delay`` outside its server. On the server it takes ``size x mean service`` when it finds the server
-free. When it finds it busy and the server has a measured spread at saturation (``ServerSpec.queued_quantiles``), it
-takes ``mean service x`` a draw from that spread instead; without one, ``size x mean service`` as well.
+free. When it finds it busy and the server has a measured back-to-back spread (``ServerSpec.queued_quantiles``: at
+saturation, or at the load being simulated), it takes ``mean service x`` a draw from that spread instead; without
+one, ``size x mean service`` as well. The two means can differ (``lone_service_s``, ``queued_service_s``).
 
 Why two service distributions (an M/G/1 queue with exceptional first service, Welch 1964): a request that finds its
 server free is served as a lone request is, which is what the low-load measurement times. A request that finds it busy
@@ -19,10 +20,11 @@ starts the moment the one before it finishes, back to back, and back-to-back ser
 measurement times: there the gap between two completions of an always-busy server is the service time (the departure
 process of a saturated queue is its service process, ``spread.py``), with the spread load brings (unequal batches,
 tokenising on the event loop, the front door's share of the CPU) that a lone request never meets. Both have the
-saturated mean, so capacity is unchanged; only the variance, which sets a queue's tail, comes from where it was
-measured. For one server with Poisson arrivals at rate ``lambda`` and utilisation ``rho`` the mean wait is then
-``lambda ((1 - rho) E[S0^2] + rho E[S^2]) / (2 (1 - rho))`` (S0 lone, S back to back; the Pollaczek-Khinchine
-formula when they are alike), which tests/unit/test_advisor_simulation.py checks.
+saturated mean by default, so capacity is unchanged; only the variance, which sets a queue's tail, comes from where
+it was measured. Measured at the load being simulated (``load_points``), each has its own mean as well. For one
+server with Poisson arrivals at rate ``lambda`` the mean wait is then ``lambda E[S^2] / (2 (1 - rho)) + lambda
+(E[S0^2] - E[S^2]) / (2 (1 - rho + rho0))`` (S0 lone, S back to back, ``rho = lambda E[S]``, ``rho0 = lambda
+E[S0]``; the Pollaczek-Khinchine formula when they are alike), which tests/unit/test_advisor_simulation.py checks.
 
 Completions follow the Lindley recursion (a FIFO request's finish time is known when it is routed); load reports are
 heap events. Deterministic per seed: arrivals, sizes, report phases and back-to-back service times have their own
@@ -48,7 +50,9 @@ class ServerSpec:
     """One instance: mean service seconds (size 1), the balancer's capacity, and seconds outside per size 1.
 
     ``queued_quantiles``: evenly spaced quantiles (over their mean) of the service time of a request served back to
-    back at saturation; None: such a request takes ``size x mean_service_s`` like a lone one.
+    back; None: such a request takes ``size x mean_service_s`` like a lone one. ``lone_service_s`` /
+    ``queued_service_s``: the mean service of a request that finds the server free / busy, when measured at the load
+    being simulated (``load_points``); None: ``mean_service_s`` for both.
     """
 
     name: str
@@ -56,6 +60,8 @@ class ServerSpec:
     capacity: float
     delay_s: float = 0.0
     queued_quantiles: tuple[float, ...] | None = None
+    lone_service_s: float | None = None
+    queued_service_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -207,9 +213,12 @@ def simulate(
         server = _choose(servers, now, params.weights)
         arrivals[n] = now
         chosen[n] = server.key
-        queued = draw_queued[server.key]
-        factor = queued() if queued is not None and server.busy_at(now) else size
-        finishes[n] = server.assign(now, factor * server.spec.mean_service_s) + size * server.spec.delay_s
+        spec, queued = server.spec, draw_queued[server.key]
+        if server.busy_at(now):
+            service = (spec.queued_service_s or spec.mean_service_s) * (queued() if queued is not None else size)
+        else:
+            service = (spec.lone_service_s or spec.mean_service_s) * size
+        finishes[n] = server.assign(now, service) + size * spec.delay_s
 
     warm = min(int(requests * params.warmup_fraction), max(requests - 1, 0))
     latencies = sorted(finishes[n] - arrivals[n] for n in range(warm, requests))

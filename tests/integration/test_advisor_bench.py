@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -80,3 +81,24 @@ def test_bench_profile_writes_the_measurements_advise_reads(tmp_path: Path) -> N
     )
     assert layout.exit_code == 0, layout.output
     assert "given" in layout.output and "assumed (0.88)" in layout.output
+
+
+def test_the_served_check_measures_service_times_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real ``up`` of this machine's 1-thread pools, saturated briefly, then an open loop at half its rate: the
+    answers' own queue and inference times give the lone and back-to-back services at that load (version 3)."""
+    from orchestrator.advisor import profiling
+    from orchestrator.advisor.measurements import Measurements, TypeMeasurement
+    from orchestrator.advisor.workload import Workload
+
+    monkeypatch.setattr(profiling, "SPREAD_REQUESTS", 40)
+    monkeypatch.setattr(profiling, "LOAD_FRACTIONS", (0.5,))
+    monkeypatch.setattr(profiling, "LOAD_REQUESTS", 120)
+    row = TypeMeasurement("cpu-1t", "cpu", 8.0, 128.0, 120.0, 118.0, 160.0, (1.0,) * 21, threads=1)
+    measured = Measurements({"name": "all-MiniLM-L6-v2", "dimensions": 384}, {}, {}, {}, (row,))
+    check = profiling.served_check(measured, REPO / "configs" / "mig_config.yaml", Workload(), 40, 4)
+    (point,) = check.load_points["cpu-1t"]
+    assert 0.3 < point.utilisation < 0.7 and point.requests == 120
+    assert point.lone >= 20 and point.queued >= 20 and point.lone + point.queued == 120
+    # A request of 16 texts on one core takes tens of ms; the front door, lane and client add a few.
+    assert 20 < point.lone_mean_ms < 2000 and 20 < point.queued_mean_ms < 2000 and 0 < point.outside_ms < 200
+    assert len(point.queued_quantiles) == 21 and f"at {point.utilisation:.0%} load" in check.how

@@ -21,6 +21,7 @@ from orchestrator.advisor.handoff import mig_parted_config, orchestrator_config
 from orchestrator.advisor.intervals import order_statistic_interval, percentile_interval
 from orchestrator.advisor.layouts import GpuLayout, board_named, gpu_layouts
 from orchestrator.advisor.measurements import (
+    VERSION,
     AdvisorError,
     Measurements,
     ServedCheck,
@@ -216,7 +217,7 @@ def test_refuses_another_model_an_unknown_version_and_no_gpu_numbers(tmp_path: P
     assert "measured with model 'Qwen3-Embedding-0.6B', not 'all-MiniLM-L6-v2'" in other.output
 
     raw = to_json(one_slice_measured())
-    for version in (3, 0, "2", True):
+    for version in (4, 0, "2", True):
         path.write_text(json.dumps({**raw, "version": version}))
         with pytest.raises(AdvisorError, match=f"version {version!r} is not one this orchestrator reads"):
             load_measurements(path, MODEL)
@@ -274,7 +275,7 @@ def cpu_measured(
 
 def test_a_version_1_file_still_loads_and_predicts_as_before(tmp_path: Path) -> None:
     raw = to_json(cpu_measured())
-    assert raw["version"] == 2 and "saturation_quantiles" not in raw["types"][0]
+    assert raw["version"] == VERSION and "saturation_quantiles" not in raw["types"][0]
     path = tmp_path / "old.json"
     path.write_text(json.dumps({**raw, "version": 1, "served": {"ratio": 1.0, "extra_ms": 0.0, "how": "test"}}))
     old = load_measurements(path, MODEL)
@@ -378,7 +379,7 @@ def test_the_interval_widens_for_correlated_latencies_and_says_where_a_predictio
 
 def test_the_load_generator_records_who_answered_and_in_what_order() -> None:
     """Against a stub endpoint: the closed loop keeps each answer's time and ``x-instance`` (the departures the
-    spread is read from), the open loop each latency in the order the requests were sent."""
+    spread is read from), the open loop each latency in the order the requests were sent and each answer's record."""
     import http.server
     import threading
 
@@ -391,6 +392,8 @@ def test_the_load_generator_records_who_answered_and_in_what_order() -> None:
             self.rfile.read(int(self.headers["content-length"]))
             self.send_response(200)
             self.send_header("x-instance", f"pool-{threading.get_ident() % 2}")
+            self.send_header("x-queue-time", "1.50")
+            self.send_header("x-inference-time", "12.25")
             self.send_header("content-length", "2")
             self.end_headers()
             self.wfile.write(b"{}")
@@ -410,6 +413,10 @@ def test_the_load_generator_records_who_answered_and_in_what_order() -> None:
     assert [t for t, _ in closed.completions] == sorted(t for t, _ in closed.completions)
     assert {name for _, name in closed.completions} <= {"pool-0", "pool-1"}
     assert opened.errors == 0 and len(opened.in_order_s) == 20 and sorted(opened.in_order_s) == opened.latencies_s
+    # Each answer's own queue and inference times, for the service times at load (load_points).
+    assert len(opened.records) == 20 and {(r.queue_s, r.inference_s) for r in opened.records} == {(0.0015, 0.01225)}
+    sent = [r.sent_s for r in opened.records]
+    assert sent == sorted(sent) and all(r.latency_s > 0 and r.instance.startswith("pool-") for r in opened.records)
 
 
 def test_validate_says_where_the_prediction_lies() -> None:

@@ -87,6 +87,23 @@ def test_one_server_waits_as_the_exceptional_first_service_queue(queued: tuple[f
     assert result.throughput == pytest.approx(rate, rel=0.02)  # the spread has mean 1: capacity is unchanged
 
 
+@pytest.mark.parametrize(("lone_s", "queued_s"), [(0.08, 0.1), (0.12, 0.1), (0.09, 0.11)])
+def test_lone_and_back_to_back_services_with_their_own_means(lone_s: float, queued_s: float) -> None:
+    """Measured at load, a lone request and one served back to back have their own means (S0, S): Welch's mean
+    wait ``lambda E[S^2] / (2 (1 - rho)) + lambda (E[S0^2] - E[S^2]) / (2 (1 - rho + rho0))``."""
+    rate = 5.0
+    spec = ServerSpec("a", 0.1, 8, 0.0, WIDE, lone_service_s=lone_s, queued_service_s=queued_s)
+    result = simulate([spec], rate, 200_000, 2, empirical_sizes(FLAT), SimParams())
+    lone, back_to_back = second_moment(FLAT) * lone_s**2, second_moment(WIDE) * queued_s**2
+    rho, rho0 = rate * queued_s, rate * lone_s
+    expected = rate * back_to_back / (2 * (1 - rho)) + rate * (lone - back_to_back) / (2 * (1 - rho + rho0))
+    # The mean service: lone with the idle probability (1 - rho) / (1 - rho + rho0), back to back otherwise.
+    idle = (1 - rho) / (1 - rho + rho0)
+    service = idle * lone_s + (1 - idle) * queued_s
+    wait = sum(result.latencies) / len(result.latencies) - service
+    assert wait == pytest.approx(expected, rel=0.08)
+
+
 def test_the_spread_at_saturation_widens_the_tail_not_a_lone_request() -> None:
     plain, spread = ServerSpec("a", 0.1, 8, 0.02), ServerSpec("a", 0.1, 8, 0.02, WIDE)
     alone = [simulate([s], 0.2, 3000, 3, empirical_sizes(FLAT), SimParams()) for s in (plain, spread)]

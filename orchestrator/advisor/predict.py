@@ -8,7 +8,9 @@ measured to take, and a saturated instance completes what it was measured to com
 rests on (``simulation``'s docstring says why); without one (a version 1 file) it is sized like a lone request.
 Where the served check measured the type's service times at loads below saturation (``load_points``, version 3),
 those replace both: at the layout's utilisation (target over capacity) the lone and back-to-back services, their
-spreads and the time outside the instance are interpolated between the measured loads (``load_points.at_utilisation``).
+spreads and the time outside the instance are interpolated between the measured loads (``load_points.at_utilisation``);
+the back-to-back service is the saturated one plus its excess at that load, taken as a per-round cost shared by the
+requests waiting (``ServerSpec.round_overhead_s``).
 In-process measurements are turned into served ones with the file's served check (or the assumed ratio, which the
 prediction then says).
 
@@ -73,7 +75,7 @@ class InstanceModel:
                 point.outside_ms / 1000,
                 point.queued_quantiles,
                 lone_service_s=point.lone_mean_ms / 1000,
-                queued_service_s=point.queued_mean_ms / 1000,
+                round_overhead_s=max(0.0, point.queued_mean_ms / 1000 - service_s),
             )
         return ServerSpec(
             f"{self.type}#{index}",

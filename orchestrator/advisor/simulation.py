@@ -26,6 +26,15 @@ server with Poisson arrivals at rate ``lambda`` the mean wait is then ``lambda E
 (E[S0^2] - E[S^2]) / (2 (1 - rho + rho0))`` (S0 lone, S back to back, ``rho = lambda E[S]``, ``rho0 = lambda
 E[S0]``; the Pollaczek-Khinchine formula when they are alike), which tests/unit/test_advisor_simulation.py checks.
 
+Rounds: the batcher serves what waits in rounds, and a back-to-back service costs more than the saturated one by
+about a fixed amount per round (the previous answers are encoded and sent, the next requests received and
+tokenised, on the cores computing the round), which the requests of a round share; measured on 2 cores, 1 pool of 2
+threads: 94, 87, 86 and 76 ms a request in rounds of 1, 2, 3 and 4 against 72 at saturation (docs/advisor.md). A
+request that finds ``n`` requests at its server is taken to share its round with as many (``round_overhead_s``).
+That keeps a FIFO server (a request's finish is known when it is routed) while the per-request cost falls as queues
+grow, as the real one's does: at 80 % load a back-to-back service measured at 66 % would otherwise exceed the
+capacity the saturated one gives.
+
 Completions follow the Lindley recursion (a FIFO request's finish time is known when it is routed); load reports are
 heap events. Deterministic per seed: arrivals, sizes, report phases and back-to-back service times have their own
 streams (so a run without a saturation spread draws exactly what it drew before there was one).
@@ -52,7 +61,9 @@ class ServerSpec:
     ``queued_quantiles``: evenly spaced quantiles (over their mean) of the service time of a request served back to
     back; None: such a request takes ``size x mean_service_s`` like a lone one. ``lone_service_s`` /
     ``queued_service_s``: the mean service of a request that finds the server free / busy, when measured at the load
-    being simulated (``load_points``); None: ``mean_service_s`` for both.
+    being simulated (``load_points``); None: ``mean_service_s`` for both. ``round_overhead_s``: what a back-to-back
+    service costs beyond that mean, once per round of the batcher and shared by the round's requests: a request that
+    finds ``n`` requests at its server takes ``queued mean + round_overhead_s / n`` (times its draw).
     """
 
     name: str
@@ -62,6 +73,7 @@ class ServerSpec:
     queued_quantiles: tuple[float, ...] | None = None
     lone_service_s: float | None = None
     queued_service_s: float | None = None
+    round_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -215,7 +227,8 @@ def simulate(
         chosen[n] = server.key
         spec, queued = server.spec, draw_queued[server.key]
         if server.busy_at(now):
-            service = (spec.queued_service_s or spec.mean_service_s) * (queued() if queued is not None else size)
+            mean = (spec.queued_service_s or spec.mean_service_s) + spec.round_overhead_s / server.outstanding(now)
+            service = mean * (queued() if queued is not None else size)
         else:
             service = (spec.lone_service_s or spec.mean_service_s) * size
         finishes[n] = server.assign(now, service) + size * spec.delay_s

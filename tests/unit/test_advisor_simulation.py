@@ -104,6 +104,20 @@ def test_lone_and_back_to_back_services_with_their_own_means(lone_s: float, queu
     assert wait == pytest.approx(expected, rel=0.08)
 
 
+def test_a_rounds_overhead_is_shared_by_the_requests_waiting() -> None:
+    """0.1 s a request at saturation plus 0.05 s a round: at 8 req/s a queue that paid the overhead on every request
+    (0.15 s, 120 % busy) would grow without end; shared by the requests waiting it stays bounded and carries the
+    rate, and it costs more than no overhead at all."""
+    flat, shared = ServerSpec("a", 0.1, 8), ServerSpec("a", 0.1, 8, round_overhead_s=0.05)
+    every = ServerSpec("a", 0.1, 8, queued_service_s=0.15)
+    results = [simulate([s], 8.0, 30_000, 4, empirical_sizes(FLAT), SimParams()) for s in (flat, shared, every)]
+    assert results[1].throughput == pytest.approx(8.0, rel=0.03)
+    assert results[0].percentile(99) < results[1].percentile(99) < 5.0 < results[2].percentile(99)
+    # Alone, nothing is shared: a lone request takes its size times the mean service, overhead or not.
+    alone = [simulate([s], 0.1, 2000, 4, empirical_sizes(FLAT), SimParams()) for s in (flat, shared)]
+    assert alone[0].percentile(50) == pytest.approx(alone[1].percentile(50), rel=0.01)
+
+
 def test_the_spread_at_saturation_widens_the_tail_not_a_lone_request() -> None:
     plain, spread = ServerSpec("a", 0.1, 8, 0.02), ServerSpec("a", 0.1, 8, 0.02, WIDE)
     alone = [simulate([s], 0.2, 3000, 3, empirical_sizes(FLAT), SimParams()) for s in (plain, spread)]

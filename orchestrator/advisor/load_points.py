@@ -26,6 +26,7 @@ mean service time is its throughput's inverse), with the last point's shape.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,14 @@ def point_from_records(records: Sequence[RequestRecord], utilisation: float) -> 
         requests=len(records),
         lone=len(lone),
         queued=len(queued),
+    )
+
+
+def scaled(point: LoadPoint, queued: float, lone: float) -> LoadPoint:
+    """The point for an instance whose back-to-back service takes ``queued`` times as long and a lone request
+    ``lone`` times (an estimated profile, scaled by compute slices); shapes and the time outside unchanged."""
+    return dataclasses.replace(
+        point, lone_mean_ms=point.lone_mean_ms * lone, queued_mean_ms=point.queued_mean_ms * queued
     )
 
 

@@ -60,6 +60,7 @@ class TypeMeasurement:
         size_quantiles: 21 quantiles (0, 5, ..., 100%) of the low-load latencies divided by their mean.
         saturation_quantiles: 21 quantiles of the service times at saturation (back to back, from the instance's
             completions) over their mean, measured in-process; None when not measured (a version 1 file).
+        load_points: the service times at loads below saturation, measured in-process (GPU types; version 3).
         requests: how many requests each phase used, and the saturating clients.
         source: ``in-process`` (backend + batcher in a pinned child), ``served`` or ``assumed``.
     """
@@ -80,6 +81,7 @@ class TypeMeasurement:
     requests: dict[str, int] = field(default_factory=dict)
     source: str = "in-process"
     saturation_quantiles: tuple[float, ...] | None = None
+    load_points: tuple[LoadPoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,11 @@ class Measurements:
         return None, "none measured: the low-load latencies"
 
     def load_points(self, row: TypeMeasurement) -> tuple[LoadPoint, ...]:
-        """The service times measured at load for the row's type on the served check (empty: none measured)."""
-        if row.source == "in-process" and self.served is not None:
-            return self.served.load_points.get(row.type, ())
-        return ()
+        """The service times measured at load for the row's type: the served check's (an in-process row is predicted
+        as served), else the row's own (in-process, on a GPU); empty when none were measured."""
+        if row.source == "in-process" and self.served is not None and row.type in self.served.load_points:
+            return self.served.load_points[row.type]
+        return row.load_points
 
 
 def to_json(measurements: Measurements) -> dict[str, Any]:
@@ -168,23 +171,22 @@ def _row_json(row: TypeMeasurement) -> dict[str, Any]:
     out["size_quantiles"] = _rounded(row.size_quantiles)
     if row.saturation_quantiles is not None:
         out["saturation_quantiles"] = _rounded(row.saturation_quantiles)
+    out["load_points"] = [_point_json(point) for point in row.load_points] or None
     return {key: value for key, value in out.items() if value is not None}
+
+
+def _point_json(point: LoadPoint) -> dict[str, Any]:
+    return {
+        **asdict(point),
+        "lone_quantiles": _rounded(point.lone_quantiles),
+        "queued_quantiles": _rounded(point.queued_quantiles),
+    }
 
 
 def _served_json(served: ServedCheck) -> dict[str, Any]:
     out = asdict(served)
     out["saturation_quantiles"] = {name: _rounded(q) for name, q in served.saturation_quantiles.items()}
-    out["load_points"] = {
-        name: [
-            {
-                **asdict(point),
-                "lone_quantiles": _rounded(point.lone_quantiles),
-                "queued_quantiles": _rounded(point.queued_quantiles),
-            }
-            for point in points
-        ]
-        for name, points in served.load_points.items()
-    }
+    out["load_points"] = {name: [_point_json(p) for p in points] for name, points in served.load_points.items()}
     return out
 
 
@@ -234,12 +236,15 @@ def _spread(raw: Any, what: str) -> tuple[float, ...]:
 def _row(raw: dict[str, Any], version: int) -> TypeMeasurement:
     if version < 2 and "saturation_quantiles" in raw:
         raise ValueError("saturation_quantiles in a version 1 file")
+    if version < 3 and "load_points" in raw:
+        raise ValueError(f"load_points in a version {version} file")
     spread = raw.get("saturation_quantiles")
     row = TypeMeasurement(
         **{
             **raw,
             "size_quantiles": tuple(float(q) for q in raw["size_quantiles"]),
             "saturation_quantiles": _spread(spread, "saturation_quantiles") if spread is not None else None,
+            "load_points": tuple(_load_point(p, f"{raw.get('type')}.load_points") for p in raw.get("load_points", [])),
         }
     )
     if row.saturation_rps <= 0 or row.low_load_mean_ms <= 0 or len(row.size_quantiles) < 2:

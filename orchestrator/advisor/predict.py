@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.advisor.load_points import LoadPoint, at_utilisation
+from orchestrator.advisor.load_points import LoadPoint, at_utilisation, scaled
 from orchestrator.advisor.measurements import AdvisorError, Measurements, TypeMeasurement
 from orchestrator.advisor.simulation import ServerSpec, SimParams, empirical_sizes, simulate
 from orchestrator.hardware.mig_profile_table import BoardTable
@@ -124,14 +124,25 @@ def _served(row: TypeMeasurement, measurements: Measurements) -> tuple[float, fl
     return row.saturation_rps * ratio, row.low_load_mean_ms + extra_ms, row.low_load_p99_ms + extra_ms
 
 
-def cpu_model(row: TypeMeasurement, measurements: Measurements) -> InstanceModel:
-    """A CPU pool of the row's threads, with the planner's capacity for it."""
-    rps, mean_ms, p99_ms = _served(row, measurements)
-    spread, spread_basis = measurements.service_spread(row)
+def _service_basis(
+    row: TypeMeasurement, measurements: Measurements
+) -> tuple[tuple[float, ...] | None, str, tuple[LoadPoint, ...]]:
+    """The row's back-to-back spread, the words for where its service times come from, and its load points."""
+    spread, basis = measurements.service_spread(row)
     points = measurements.load_points(row)
     if points:
         loads = " and ".join(f"{p.utilisation:.0%}" for p in sorted(points, key=lambda p: p.utilisation))
-        spread_basis = f"served, at {loads} load"
+        where = (
+            "served" if measurements.served is not None and row.type in measurements.served.load_points else row.source
+        )
+        basis = f"{where}, at {loads} load"
+    return spread, basis, points
+
+
+def cpu_model(row: TypeMeasurement, measurements: Measurements) -> InstanceModel:
+    """A CPU pool of the row's threads, with the planner's capacity for it."""
+    rps, mean_ms, p99_ms = _served(row, measurements)
+    spread, spread_basis, points = _service_basis(row, measurements)
     return InstanceModel(
         row.type,
         rps,
@@ -150,7 +161,7 @@ def _scaled(
 ) -> InstanceModel:
     rps, mean_ms, p99_ms = _served(row, measurements)
     slower = max(1.0, 1.0 / factor)
-    spread, spread_basis = measurements.service_spread(row)  # a spread over its mean: the same shape when scaled
+    spread, spread_basis, points = _service_basis(row, measurements)  # spreads are over their mean: the same shape
     return InstanceModel(
         profile.name,
         rps * factor,
@@ -161,6 +172,7 @@ def _scaled(
         basis,
         spread,
         spread_basis if factor == 1.0 else f"{spread_basis} (of {row.type})",
+        tuple(scaled(point, queued=1.0 / factor, lone=slower) for point in points),
     )
 
 

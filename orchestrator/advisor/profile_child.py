@@ -27,9 +27,19 @@ CHILD_COMMAND = (sys.executable, "-m", "workers.profile_instance")
 
 
 def measure_in_child(
-    config_path: Path, requests: list[list[str]], low_load: int, saturation: int, clients: int, timeout_s: float
+    config_path: Path,
+    requests: list[list[str]],
+    low_load: int,
+    saturation: int,
+    clients: int,
+    timeout_s: float,
+    load_fractions: tuple[float, ...] = (),
+    load_requests: int = 0,
 ) -> dict[str, Any]:
-    """Run the child on ``config_path`` (one instance); returns its JSON. Raises AdvisorError with its last line."""
+    """Run the child on ``config_path`` (one instance); returns its JSON. Raises AdvisorError with its last line.
+
+    ``load_fractions``: also measure in-process at these fractions of the saturated rate, ``load_requests`` each
+    (the child's ``at_load``)."""
     from orchestrator import steps
     from orchestrator.contracts.errors import OrchestratorError
 
@@ -48,6 +58,8 @@ def measure_in_child(
         "low_load": low_load,
         "saturation": saturation,
         "clients": clients,
+        "load_fractions": list(load_fractions),
+        "load_requests": load_requests,
     }
     try:
         done = subprocess.run(

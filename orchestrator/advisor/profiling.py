@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from orchestrator.advisor.load_points import LoadPoint, point_from_records
+from orchestrator.advisor.load_points import LoadPoint, RequestRecord, point_from_records
 from orchestrator.advisor.measurements import AdvisorError, Measurements, ServedCheck, TypeMeasurement
 from orchestrator.advisor.profile_child import measure_in_child
 from orchestrator.advisor.spread import departure_spread
@@ -124,6 +124,7 @@ def _row(kind: InstanceType, child: dict[str, Any], settings: ProfileSettings) -
     quantiles = tuple(low[round(n * q / (QUANTILES - 1))] / mean for q in range(QUANTILES))
     done = child.get("saturation_done_s")  # in-process completions at saturation, when the child reports them
     spread = departure_spread([(t, kind.label) for t in done], settings.clients) if done else None
+    points = _child_load_points(kind, child)
     return TypeMeasurement(
         type=kind.label,
         kind=kind.kind,
@@ -140,7 +141,19 @@ def _row(kind: InstanceType, child: dict[str, Any], settings: ProfileSettings) -
         size_quantiles=quantiles,
         requests={"low_load": len(low), "saturation": settings.saturation, "clients": settings.clients},
         saturation_quantiles=spread[0] if spread else None,
+        load_points=points,
     )
+
+
+def _child_load_points(kind: InstanceType, child: dict[str, Any]) -> tuple[LoadPoint, ...]:
+    """The child's in-process open loops (``at_load``) as load points (too short ones left out)."""
+    points = []
+    for run in child.get("at_load") or ():
+        records = [RequestRecord(kind.label, *values) for values in run["records"]]
+        point = point_from_records(records, min(1.0, run["rate"] / child["saturation_rps"]))
+        if point is not None:
+            points.append(point)
+    return tuple(points)
 
 
 def profile_machine(
@@ -158,7 +171,7 @@ def profile_machine(
     kinds = types_present(topology, settings.pool_threads)
     if not kinds:
         raise AdvisorError(f"nothing to measure: no free MIG slice, whole GPU or CPU pool of {settings.pool_threads}")
-    requests = workload.requests(max(settings.low_load, settings.saturation) + 3)
+    requests = workload.requests(max(settings.low_load, settings.saturation, LOAD_REQUESTS) + 3)
     rows: list[TypeMeasurement] = []
     facts: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,8 +179,17 @@ def profile_machine(
             on_type(kind.label)
             path = Path(tmp) / f"{kind.label}.yaml"
             path.write_text(yaml.safe_dump(type_config(base, base_config.parent, kind)))
+            # On a GPU the served check does not run: the child measures the service times at load itself.
+            fractions = LOAD_FRACTIONS if kind.kind != "cpu" else ()
             child = measure_in_child(
-                path, requests, settings.low_load, settings.saturation, settings.clients, settings.timeout_s
+                path,
+                requests,
+                settings.low_load,
+                settings.saturation,
+                settings.clients,
+                settings.timeout_s,
+                fractions,
+                LOAD_REQUESTS,
             )
             rows.append(_row(kind, child, settings))
             facts = child

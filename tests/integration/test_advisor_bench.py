@@ -102,3 +102,26 @@ def test_the_served_check_measures_service_times_at_load(monkeypatch: pytest.Mon
     # A request of 16 texts on one core takes tens of ms; the front door, lane and client add a few.
     assert 20 < point.lone_mean_ms < 2000 and 20 < point.queued_mean_ms < 2000 and 0 < point.outside_ms < 200
     assert len(point.queued_quantiles) == 21 and f"at {point.utilisation:.0%} load" in check.how
+
+
+def test_the_measuring_child_measures_at_load_in_process(tmp_path: Path) -> None:
+    """What a GPU row gets (the served check runs on CPU only): the real instance in its pinned child, after its
+    saturated run, answering Poisson arrivals at half that rate, each answer's own queue and inference times kept."""
+    import yaml
+
+    from orchestrator.advisor.profile_child import measure_in_child
+    from orchestrator.advisor.profiling import InstanceType, type_config
+    from orchestrator.advisor.workload import Workload
+
+    base_path = REPO / "configs" / "mig_config.yaml"
+    config = type_config(yaml.safe_load(base_path.read_text()), base_path.parent, InstanceType("cpu", "cpu", None, 1))
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(config))
+    child = measure_in_child(path, Workload().requests(40), 5, 20, 4, 300.0, (0.5,), 40)
+    (run,) = child["at_load"]
+    assert 0.2 * child["saturation_rps"] < run["rate"] < 0.9 * child["saturation_rps"]
+    assert len(run["records"]) == 40
+    sent = [record[0] for record in run["records"]]
+    assert sent == sorted(sent)
+    for _, latency, queue, inference in run["records"]:
+        assert 0 <= queue < latency and 0 < inference <= latency

@@ -137,3 +137,47 @@ def test_a_version_2_file_loads_without_load_points_and_cannot_hold_them(tmp_pat
     path.write_text(json.dumps({**raw, "served": {**raw["served"], "load_points": {"cpu-2t": [broken]}}}))
     with pytest.raises(AdvisorError, match="malformed measurements file .*no usable numbers"):
         load_measurements(path)
+
+
+def test_a_gpu_row_gets_its_own_load_points_from_the_measuring_child(tmp_path: Path) -> None:
+    """On a GPU the served check does not run: the child's in-process open loops (``at_load``) become the row's
+    load points, saved and read back, and an unmeasured profile of the board takes them scaled by compute slices."""
+    from orchestrator.advisor.layouts import board_named
+    from orchestrator.advisor.predict import mig_model
+    from orchestrator.advisor.profiling import InstanceType, ProfileSettings
+    from orchestrator.advisor.profiling import _row as profile_row
+
+    rng = random.Random(5)
+    rounds = [(1, rng.uniform(0.008, 0.012), True) for _ in range(30)] + [(2, 0.02, False)] * 20
+    rng.shuffle(rounds)
+    records = [[r.sent_s, r.latency_s, r.queue_s, r.inference_s] for r in served_run(rounds, outside_s=0.001)]
+    child = {
+        "low_load_s": [0.01 + 0.0001 * i for i in range(40)],
+        "saturation_rps": 100.0,
+        "texts_per_s": 1600.0,
+        "threads": None,
+        "at_load": [{"rate": 50.0, "records": records}, {"rate": 70.0, "records": records[:10]}],
+    }
+    kind = InstanceType("1g.10gb", "mig", "H100-80GB", None, 1)
+    row = profile_row(kind, child, ProfileSettings(40, 120, 4))
+    (point,) = row.load_points  # the second run is too short to say
+    assert point.utilisation == 0.5 and (point.lone, point.queued) == (30, 40)
+    assert point.queued_mean_ms == pytest.approx(10.0)
+
+    path = tmp_path / "gpu.json"
+    save_measurements(Measurements({"name": MODEL, "dimensions": 384}, {}, {}, {}, (row,)), path)
+    loaded = load_measurements(path, MODEL)
+    assert loaded.types[0].load_points == row.load_points and loaded.load_points(loaded.types[0]) == row.load_points
+    board = board_named("H100 80GB")
+    profiles = {profile.name: profile for profile in board.profiles()}
+    measured_model = mig_model(board, profiles["1g.10gb"], loaded)
+    assert measured_model.spread_basis == "in-process, at 50% load" and measured_model.load_points == row.load_points
+    bigger = mig_model(board, profiles["2g.20gb"], loaded)
+    assert bigger.spread_basis == "in-process, at 50% load (of 1g.10gb)"
+    (twice,) = bigger.load_points  # twice the compute: back to back twice as fast, a lone request no faster
+    assert twice.queued_mean_ms == pytest.approx(point.queued_mean_ms / 2)
+    assert twice.lone_mean_ms == pytest.approx(point.lone_mean_ms)
+    raw = to_json(loaded)
+    path.write_text(json.dumps({**raw, "version": 2}))
+    with pytest.raises(AdvisorError, match="malformed measurements file .*load_points in a version 2 file"):
+        load_measurements(path)

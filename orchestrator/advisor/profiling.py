@@ -235,7 +235,7 @@ class _ServedRun:
     clients: int
     saturated: LoadResult
     low: LoadResult
-    at_load: tuple[LoadResult, ...]
+    points: tuple[LoadPoint, ...]
 
 
 def _served_run(
@@ -250,7 +250,7 @@ def _served_run(
     """One ``up`` over as many pools of ``row``'s threads as the cores hold: warmed, saturated (at least two
     requests waiting per pool), then, for the served ratio, one request at a time, then open-loop at each of
     ``LOAD_FRACTIONS`` of the saturated rate."""
-    from orchestrator.advisor.loadgen import closed_loop, free_port, open_loop, running_service
+    from orchestrator.advisor.loadgen import closed_loop, free_port, running_service
 
     threads = row.threads or 1
     pools = max(1, (os.cpu_count() or 1) // threads)
@@ -266,11 +266,8 @@ def _served_run(
             closed_loop(url, bodies[:8], 2)  # warm every replica
             result = closed_loop(url, bodies[:saturated], clients)
             low = closed_loop(url, bodies[: min(saturated, 40)], 1)
-            at_load = tuple(
-                open_loop(url, load_bodies, fraction * result.throughput_rps, seed=41 + n)
-                for n, fraction in enumerate(LOAD_FRACTIONS)
-            )
-    return _ServedRun(pools, clients, result, low, at_load)
+            points = served_load_points(url, load_bodies, result.throughput_rps)
+    return _ServedRun(pools, clients, result, low, points)
 
 
 def served_check(
@@ -297,7 +294,7 @@ def served_check(
         spread = departure_spread(run.saturated.completions, run.clients)
         if spread is not None:
             spreads[name] = spread[0]
-        points = _load_points(run)
+        points = run.points
         if points:
             load_points[name] = points
         notes.append(
@@ -316,11 +313,15 @@ def served_check(
     )
 
 
-def _load_points(run: _ServedRun) -> tuple[LoadPoint, ...]:
-    """The run's open-loop loads as load points (those with too few lone or queued services left out)."""
+def served_load_points(url: str, bodies: list[list[str]], saturated_rps: float) -> tuple[LoadPoint, ...]:
+    """Open-loop runs against a served endpoint at each of ``LOAD_FRACTIONS`` of ``saturated_rps``, read as load
+    points (a run with too few lone or queued services left out)."""
+    from orchestrator.advisor.loadgen import open_loop
+
     points = []
-    for result in run.at_load:
-        point = point_from_records(result.records, min(1.0, result.offered_rps / run.saturated.throughput_rps))
+    for n, fraction in enumerate(LOAD_FRACTIONS):
+        result = open_loop(url, bodies, fraction * saturated_rps, seed=41 + n)
+        point = point_from_records(result.records, min(1.0, result.offered_rps / saturated_rps))
         if point is not None:
             points.append(point)
     return tuple(points)

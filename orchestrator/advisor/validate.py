@@ -10,6 +10,12 @@ measured (the file's instances scaled to the served throughput at saturation jus
 the whole latency curve (at "80 %" of a capacity 13 % too high the real service runs at 92 %); the second prediction
 takes that out, so its p99 checks the spread model alone.
 
+``--remeasure`` judges the model rather than the file: in each layout's own ``up``, just before its loads, it measures
+the capacity (the saturated run) and the service times at load again (``profiling.served_load_points``, at other
+loads than the ones validated), and predicts from those. On a shared machine whose speed drifts by minutes this takes
+the drift between the bench and the validation out (docs/advisor.md measured 0.82-0.93 of the file's capacity during
+validations); what is left is the model and the run's own noise. Both predictions are then the same.
+
 Requests per run: 1,000 by default, which leaves about 10 latencies above the p99 and an interval between the 983rd
 and 997th smallest; at 50 % of 15 req/s such a run takes about 2 minutes. Ends with markdown rows for the table.
 """
@@ -28,7 +34,7 @@ from orchestrator.advisor.intervals import Interval, percentile_interval
 from orchestrator.advisor.loadgen import closed_loop, free_port, open_loop, running_service
 from orchestrator.advisor.measurements import Measurements, load_measurements
 from orchestrator.advisor.predict import InstanceModel, Prediction, cpu_model, predict
-from orchestrator.advisor.profiling import InstanceType, type_config
+from orchestrator.advisor.profiling import LOAD_REQUESTS, InstanceType, served_load_points, type_config
 from orchestrator.advisor.simulation import percentile
 from orchestrator.advisor.workload import Spread, Workload, load_sample
 
@@ -79,6 +85,22 @@ def _at_capacity(instances: list[InstanceModel], factor: float) -> list[Instance
     return [dataclasses.replace(i, rps=i.rps * factor) for i in instances]
 
 
+def _remeasured(
+    url: str, workload: Workload, instances: list[InstanceModel], served: float
+) -> tuple[list[InstanceModel], float]:
+    """The layout's instances at the capacity just served and with the service times at load measured now."""
+    points = served_load_points(url, workload.requests(LOAD_REQUESTS, seed=34), served)
+    if not points:
+        raise SystemExit("--remeasure: too few lone or queued services at load to say; raise the load's requests")
+    loads = " and ".join(f"{p.utilisation:.0%}" for p in points)
+    each = served / len(instances)
+    remeasured = [
+        dataclasses.replace(i, rps=each, load_points=points, spread_basis=f"re-measured, at {loads} load")
+        for i in instances
+    ]
+    return remeasured, served
+
+
 def _one_load(
     url: str,
     workload: Workload,
@@ -121,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--saturation-requests", type=int, default=SATURATION_REQUESTS)
     parser.add_argument("--confidence", type=float, default=0.95, help="of the measured p99's interval")
     parser.add_argument("--sample", type=Path, help="the sample the measurements used, if any")
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="predict from the capacity and service times at load measured in each layout's own run, not the file's",
+    )
     args = parser.parse_args(argv)
     measurements = load_measurements(args.measurements)
     workload = _workload(args, measurements)
@@ -144,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
                 closed_loop(url, workload.requests(8, seed=3), 2)
                 saturated = closed_loop(url, workload.requests(args.saturation_requests, seed=4), max(8, 2 * pools))
                 served = saturated.throughput_rps
+                if args.remeasure:
+                    instances, capacity = _remeasured(url, workload, instances, served)
                 print(
                     f"{pools} pool(s) x {threads} thread(s): predicted capacity {capacity:.2f} req/s, served at "
                     f"saturation {served:.2f} req/s ({served / capacity:.2f}x); service spread under load: "

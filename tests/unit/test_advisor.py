@@ -463,3 +463,17 @@ def test_validate_runs_against_a_stub_service(
     assert "service spread under load: served, at saturation" in out
     rows = [line for line in out.splitlines() if line.startswith("| 2 x 1t |")]
     assert len(rows) == 2 and all("-inf ms, 200 requests)" in row for row in rows)  # 200 cannot bound a p99
+
+    # --remeasure: the capacity just served (12 req/s over 2 pools) and the service times at load measured in the same
+    # run, not the file's (16 req/s), predict; a run that cannot say ends in one line.
+    from orchestrator.advisor.load_points import LoadPoint
+
+    point = LoadPoint(0.4, 150.0, QUANTILES, 170.0, WIDE, 5.0)
+    monkeypatch.setattr(validate, "served_load_points", lambda url, bodies, rps: (point,) if rps == 12.0 else ())
+    validate.main([str(path), str(REPO / "configs" / "mig_config.yaml"), "--layouts", "2x1", "--remeasure"])
+    out = capsys.readouterr().out
+    assert "predicted capacity 12.00 req/s, served at saturation 12.00 req/s (1.00x)" in out
+    assert "service spread under load: re-measured, at 40% load" in out and "50% load, 6.00 req/s" in out
+    monkeypatch.setattr(validate, "served_load_points", lambda url, bodies, rps: ())
+    with pytest.raises(SystemExit, match="--remeasure: too few lone or queued services"):
+        validate.main([str(path), str(REPO / "configs" / "mig_config.yaml"), "--layouts", "2x1", "--remeasure"])

@@ -89,8 +89,14 @@ def _rounds(records: Sequence[RequestRecord]) -> list[list[RequestRecord]]:
     return rounds
 
 
+def describe_loads(points: Sequence[LoadPoint]) -> str:
+    """``"37% and 66%"``: the loads the points were measured at, lowest first."""
+    return " and ".join(f"{p.utilisation:.0%}" for p in sorted(points, key=lambda p: p.utilisation))
+
+
 def point_from_records(records: Sequence[RequestRecord], utilisation: float) -> LoadPoint | None:
-    """The load point of one open-loop run; None when fewer than ``MIN_SERVICES`` lone or queued services."""
+    """The load point of one open-loop run (``utilisation``: its offered rate over the saturated one, at most 1);
+    None when fewer than ``MIN_SERVICES`` lone or queued services."""
     lone: list[float] = []
     queued: list[float] = []
     for members in _rounds(records):
@@ -102,7 +108,7 @@ def point_from_records(records: Sequence[RequestRecord], utilisation: float) -> 
         return None
     outside = statistics.fmean(max(0.0, r.latency_s - r.queue_s - r.inference_s) for r in records)
     return LoadPoint(
-        utilisation=round(utilisation, 4),
+        utilisation=round(min(1.0, utilisation), 4),
         lone_mean_ms=round(statistics.fmean(lone) * 1000, 3),
         lone_quantiles=tuple(round(q, 4) for q in quantiles_over_mean(lone)),
         queued_mean_ms=round(statistics.fmean(queued) * 1000, 3),

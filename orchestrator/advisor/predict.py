@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.advisor.load_points import LoadPoint, at_utilisation, scaled
+from orchestrator.advisor.load_points import LoadPoint, at_utilisation, describe_loads, scaled
 from orchestrator.advisor.measurements import AdvisorError, Measurements, TypeMeasurement
 from orchestrator.advisor.simulation import ServerSpec, SimParams, empirical_sizes, simulate
 from orchestrator.hardware.mig_profile_table import BoardTable
@@ -131,11 +131,10 @@ def _service_basis(
     spread, basis = measurements.service_spread(row)
     points = measurements.load_points(row)
     if points:
-        loads = " and ".join(f"{p.utilisation:.0%}" for p in sorted(points, key=lambda p: p.utilisation))
         where = (
             "served" if measurements.served is not None and row.type in measurements.served.load_points else row.source
         )
-        basis = f"{where}, at {loads} load"
+        basis = f"{where}, at {describe_loads(points)} load"
     return spread, basis, points
 
 

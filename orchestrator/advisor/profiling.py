@@ -150,7 +150,7 @@ def _child_load_points(kind: InstanceType, child: dict[str, Any]) -> tuple[LoadP
     points = []
     for run in child.get("at_load") or ():
         records = [RequestRecord(kind.label, *values) for values in run["records"]]
-        point = point_from_records(records, min(1.0, run["rate"] / child["saturation_rps"]))
+        point = point_from_records(records, run["rate"] / child["saturation_rps"])
         if point is not None:
             points.append(point)
     return tuple(points)
@@ -294,13 +294,12 @@ def served_check(
         spread = departure_spread(run.saturated.completions, run.clients)
         if spread is not None:
             spreads[name] = spread[0]
-        points = run.points
-        if points:
-            load_points[name] = points
+        if run.points:
+            load_points[name] = run.points
         notes.append(
             f"{name}: {run.pools} pool(s), {run.saturated.throughput_rps:.2f}/s served from {run.clients} clients, "
             + (f"spread from {spread[1]} service times" if spread else "no spread (too few completions)")
-            + "".join(f", at {p.utilisation:.0%} load {p.lone} lone and {p.queued} queued services" for p in points)
+            + "".join(f", at {p.utilisation:.0%} load {p.lone} lone and {p.queued} queued services" for p in run.points)
         )
     return ServedCheck(
         ratio=round(ratio, 3),
@@ -321,7 +320,7 @@ def served_load_points(url: str, bodies: list[list[str]], saturated_rps: float) 
     points = []
     for n, fraction in enumerate(LOAD_FRACTIONS):
         result = open_loop(url, bodies, fraction * saturated_rps, seed=41 + n)
-        point = point_from_records(result.records, min(1.0, result.offered_rps / saturated_rps))
+        point = point_from_records(result.records, result.offered_rps / saturated_rps)
         if point is not None:
             points.append(point)
     return tuple(points)

@@ -12,7 +12,7 @@ Sizes: each request draws a size with mean 1 (log-normal with a cv, or the measu
 and takes ``size x delay`` outside its server. On the server it takes ``size x mean service`` when it finds the server
 free. When it finds it busy and the server has a measured back-to-back spread (``ServerSpec.queued_quantiles``: at
 saturation, or at the load being simulated), it takes ``mean service x`` a draw from that spread instead; without
-one, ``size x mean service`` as well. The two means can differ (``lone_service_s``, ``queued_service_s``).
+one, ``size x mean service`` as well. A lone request's mean can differ (``lone_service_s``).
 
 Why two service distributions (an M/G/1 queue with exceptional first service, Welch 1964): a request that finds its
 server free is served as a lone request is, which is what the low-load measurement times. A request that finds it busy
@@ -59,11 +59,11 @@ class ServerSpec:
     """One instance: mean service seconds (size 1), the balancer's capacity, and seconds outside per size 1.
 
     ``queued_quantiles``: evenly spaced quantiles (over their mean) of the service time of a request served back to
-    back; None: such a request takes ``size x mean_service_s`` like a lone one. ``lone_service_s`` /
-    ``queued_service_s``: the mean service of a request that finds the server free / busy, when measured at the load
-    being simulated (``load_points``); None: ``mean_service_s`` for both. ``round_overhead_s``: what a back-to-back
-    service costs beyond that mean, once per round of the batcher and shared by the round's requests: a request that
-    finds ``n`` requests at its server takes ``queued mean + round_overhead_s / n`` (times its draw).
+    back; None: such a request takes ``size x mean_service_s`` like a lone one. ``lone_service_s``: the mean service
+    of a request that finds the server free, when measured at the load being simulated (``load_points``); None:
+    ``mean_service_s``. ``round_overhead_s``: what a back-to-back service costs beyond ``mean_service_s``, once per
+    round of the batcher and shared by the round's requests: a request that finds ``n`` requests at its server takes
+    ``mean_service_s + round_overhead_s / n`` (times its draw).
     """
 
     name: str
@@ -72,7 +72,6 @@ class ServerSpec:
     delay_s: float = 0.0
     queued_quantiles: tuple[float, ...] | None = None
     lone_service_s: float | None = None
-    queued_service_s: float | None = None
     round_overhead_s: float = 0.0
 
 
@@ -227,7 +226,7 @@ def simulate(
         chosen[n] = server.key
         spec, queued = server.spec, draw_queued[server.key]
         if server.busy_at(now):
-            mean = (spec.queued_service_s or spec.mean_service_s) + spec.round_overhead_s / server.outstanding(now)
+            mean = spec.mean_service_s + spec.round_overhead_s / server.outstanding(now)
             service = mean * (queued() if queued is not None else size)
         else:
             service = (spec.lone_service_s or spec.mean_service_s) * size

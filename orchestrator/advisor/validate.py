@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.advisor.intervals import Interval, percentile_interval
+from orchestrator.advisor.load_points import describe_loads
 from orchestrator.advisor.loadgen import closed_loop, free_port, open_loop, running_service
 from orchestrator.advisor.measurements import Measurements, load_measurements
 from orchestrator.advisor.predict import InstanceModel, Prediction, cpu_model, predict
@@ -92,10 +93,11 @@ def _remeasured(
     points = served_load_points(url, workload.requests(LOAD_REQUESTS, seed=34), served)
     if not points:
         raise SystemExit("--remeasure: too few lone or queued services at load to say; raise the load's requests")
-    loads = " and ".join(f"{p.utilisation:.0%}" for p in points)
     each = served / len(instances)
     remeasured = [
-        dataclasses.replace(i, rps=each, load_points=points, spread_basis=f"re-measured, at {loads} load")
+        dataclasses.replace(
+            i, rps=each, load_points=points, spread_basis=f"re-measured, at {describe_loads(points)} load"
+        )
         for i in instances
     ]
     return remeasured, served

@@ -92,7 +92,7 @@ def test_lone_and_back_to_back_services_with_their_own_means(lone_s: float, queu
     """Measured at load, a lone request and one served back to back have their own means (S0, S): Welch's mean
     wait ``lambda E[S^2] / (2 (1 - rho)) + lambda (E[S0^2] - E[S^2]) / (2 (1 - rho + rho0))``."""
     rate = 5.0
-    spec = ServerSpec("a", 0.1, 8, 0.0, WIDE, lone_service_s=lone_s, queued_service_s=queued_s)
+    spec = ServerSpec("a", queued_s, 8, 0.0, WIDE, lone_service_s=lone_s)
     result = simulate([spec], rate, 200_000, 2, empirical_sizes(FLAT), SimParams())
     lone, back_to_back = second_moment(FLAT) * lone_s**2, second_moment(WIDE) * queued_s**2
     rho, rho0 = rate * queued_s, rate * lone_s
@@ -109,7 +109,7 @@ def test_a_rounds_overhead_is_shared_by_the_requests_waiting() -> None:
     (0.15 s, 120 % busy) would grow without end; shared by the requests waiting it stays bounded and carries the
     rate, and it costs more than no overhead at all."""
     flat, shared = ServerSpec("a", 0.1, 8), ServerSpec("a", 0.1, 8, round_overhead_s=0.05)
-    every = ServerSpec("a", 0.1, 8, queued_service_s=0.15)
+    every = ServerSpec("a", 0.15, 8, lone_service_s=0.1)
     results = [simulate([s], 8.0, 30_000, 4, empirical_sizes(FLAT), SimParams()) for s in (flat, shared, every)]
     assert results[1].throughput == pytest.approx(8.0, rel=0.03)
     assert results[0].percentile(99) < results[1].percentile(99) < 5.0 < results[2].percentile(99)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import tempfile
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import yaml
 from orchestrator.advisor.intervals import Interval, percentile_interval
 from orchestrator.advisor.load_points import describe_loads
 from orchestrator.advisor.loadgen import closed_loop, free_port, open_loop, running_service
-from orchestrator.advisor.measurements import Measurements, load_measurements
+from orchestrator.advisor.measurements import AdvisorError, Measurements, load_measurements
 from orchestrator.advisor.predict import InstanceModel, Prediction, cpu_model, predict
 from orchestrator.advisor.profiling import LOAD_REQUESTS, InstanceType, served_load_points, type_config
 from orchestrator.advisor.simulation import percentile
@@ -192,4 +193,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AdvisorError as error:  # a file that does not load, a service that does not start: one line, exit 2
+        print(f"error: {error.message}", file=sys.stderr)
+        sys.exit(2)

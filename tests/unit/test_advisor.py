@@ -477,3 +477,23 @@ def test_validate_runs_against_a_stub_service(
     monkeypatch.setattr(validate, "served_load_points", lambda url, bodies, rps: ())
     with pytest.raises(SystemExit, match="--remeasure: too few lone or queued services"):
         validate.main([str(path), str(REPO / "configs" / "mig_config.yaml"), "--layouts", "2x1", "--remeasure"])
+
+
+def test_validate_explains_a_missing_file_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    missing = tmp_path / "missing.json"
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.advisor.validate",
+        str(missing),
+        str(REPO / "configs" / "mig_config.yaml"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr.strip()
+        == f"error: {missing}: file not found: measure with orchestrator bench --profile --out {missing}"
+    )
